@@ -1,0 +1,175 @@
+"""q4gsw: 4-bit, group-wise symmetric weights (with optional per-group offsets).
+
+The format, specified once
+--------------------------
+A linear layer's weight ``W`` has shape ``(N, K) = (out_features, in_features)`` and computes
+``y = x @ W.T``. Along K, every ``group_size`` consecutive values (32, 64 or 128; K must be a
+multiple of it) share one scale. Each weight is a signed 4-bit integer ``q`` in [-8, 7]:
+
+    w[n, k] = scales[n, k // group_size] * q[n, k]  (+ offsets[n, k // group_size])
+
+Arrays (all C-contiguous):
+
+* ``qweight``  ``(N, K // 8)`` uint32. Word ``j`` of row ``n`` holds ``k = 8j .. 8j+7``;
+  element ``k = 8j + i`` sits in bits ``[4i, 4i+4)`` (low nibble first) as the unsigned
+  nibble ``q + 8`` (0..15). So a row is K/2 bytes, little-endian nibble order along K.
+* ``scales``   ``(N, K // group_size)`` float16. Scales may be negative (the quantizer
+  uses the sign to put the largest-magnitude weight on the -8 level).
+* ``offsets``  ``None`` or ``(N, K // group_size)`` float32. Present only for imported
+  asymmetric checkpoints (GGUF Q4_1: ``w = d*n + m``, n in 0..15, becomes ``s = d``,
+  ``q = n - 8``, ``o = m + 8d``; m + 8d is exact in float32 for the f16 inputs seen in
+  practice). Kernels add ``o_g * sum_{k in g} x_k``.
+
+GGUF Q4_0 (an f16 scale ``d`` and 32 nibbles, value ``(nibble - 8) * d``) is this format
+with group size 32 after re-ordering the nibbles, so it converts exactly.
+
+The quantizer picks each group's scale by a search over candidate scales that minimises the
+group's squared reconstruction error (with the scale rounded to f16, as stored), not only
+``absmax / 7``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_GROUP_SIZE = 32
+
+
+@dataclass
+class Q4Tensor:
+    """One q4gsw weight: see the module docstring for the exact layout."""
+
+    qweight: np.ndarray  # (N, K // 8) uint32
+    scales: np.ndarray  # (N, K // group_size) float16
+    group_size: int
+    offsets: np.ndarray | None = None  # (N, K // group_size) float32, or None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.qweight.shape[0], self.qweight.shape[1] * 8
+
+    @property
+    def nbytes(self) -> int:
+        n = self.qweight.nbytes + self.scales.nbytes
+        return n + (self.offsets.nbytes if self.offsets is not None else 0)
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize(self)
+
+
+def check_group_size(K: int, group_size: int) -> None:
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"q4gsw group size must be one of {GROUP_SIZES}, got {group_size}")
+    if K % group_size:
+        raise ValueError(
+            f"q4gsw needs in_features (K={K}) to be a multiple of the group size {group_size}; "
+            f"pick a group size that divides K (one of {[g for g in GROUP_SIZES if K % g == 0] or 'none'})"
+        )
+
+
+def pack_nibbles(nib: np.ndarray) -> np.ndarray:
+    """(N, K) integers 0..15 -> (N, K // 8) uint32, element 8j+i in bits [4i, 4i+4) of word j."""
+    N, K = nib.shape
+    n = nib.astype(np.uint32).reshape(N, K // 8, 8)
+    shifts = (4 * np.arange(8, dtype=np.uint32))
+    return np.bitwise_or.reduce(n << shifts, axis=2).astype(np.uint32)
+
+
+def unpack_nibbles(qweight: np.ndarray) -> np.ndarray:
+    """(N, K // 8) uint32 -> (N, K) uint8 nibbles 0..15."""
+    N, W = qweight.shape
+    shifts = (4 * np.arange(8, dtype=np.uint32))
+    return ((qweight[:, :, None] >> shifts) & 0xF).astype(np.uint8).reshape(N, W * 8)
+
+
+def dequantize(t: Q4Tensor, dtype=np.float32) -> np.ndarray:
+    N, K = t.shape
+    q = unpack_nibbles(t.qweight).astype(np.float32) - 8.0
+    w = q.reshape(N, K // t.group_size, t.group_size) * t.scales.astype(np.float32)[:, :, None]
+    if t.offsets is not None:
+        w = w + t.offsets.astype(np.float32)[:, :, None]
+    return w.reshape(N, K).astype(dtype)
+
+
+# Candidate divisors for the scale search: s = m / c, where m is the group's largest-magnitude
+# value (with its sign). c near -8 puts m on the q = -8 level, c near +7 on q = +7; values in
+# between trade clipping of m for finer steps everywhere else.
+_CANDIDATES = np.concatenate([np.linspace(-8.0, -6.0, 9), np.linspace(6.0, 7.5, 7)])
+
+
+def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[Q4Tensor, float]:
+    """Quantize a float (N, K) matrix to q4gsw. Returns (tensor, relative Frobenius error)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"q4gsw quantizes 2-D weights, got shape {w.shape}")
+    N, K = w.shape
+    check_group_size(K, group_size)
+    G = K // group_size
+    wg = w.reshape(N, G, group_size)
+    idx = np.abs(wg).argmax(axis=2)
+    m = np.take_along_axis(wg, idx[:, :, None], axis=2)[:, :, 0]  # (N, G) signed max-magnitude
+    best_err = np.full((N, G), np.inf, dtype=np.float32)
+    best_s = np.zeros((N, G), dtype=np.float16)
+    for c in _CANDIDATES:
+        s = (m / c).astype(np.float16)
+        s32 = s.astype(np.float32)
+        safe = np.where(s32 == 0, 1.0, s32)
+        q = np.clip(np.rint(wg / safe[:, :, None]), -8, 7)
+        q = np.where(s32[:, :, None] == 0, 0, q)
+        err = ((q * s32[:, :, None] - wg) ** 2).sum(axis=2)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s = np.where(better, s, best_s)
+    s32 = best_s.astype(np.float32)
+    safe = np.where(s32 == 0, 1.0, s32)
+    q = np.clip(np.rint(wg / safe[:, :, None]), -8, 7).astype(np.int32)
+    q = np.where(s32[:, :, None] == 0, 0, q)
+    t = Q4Tensor(pack_nibbles((q + 8).reshape(N, K)), best_s, group_size)
+    denom = float(np.sqrt((w.astype(np.float64) ** 2).sum())) or 1.0
+    err = float(np.sqrt(((dequantize(t).astype(np.float64) - w) ** 2).sum())) / denom
+    return t, err
+
+
+def random_q4(N: int, K: int, group_size: int = DEFAULT_GROUP_SIZE, rng=None,
+              scale: float | None = None, offsets: bool = False) -> Q4Tensor:
+    """Random weights created directly in packed form (benchmarks of large shapes, tests)."""
+    rng = rng if rng is not None else np.random.default_rng()
+    check_group_size(K, group_size)
+    scale = scale if scale is not None else 1.0 / (np.sqrt(K) * 4.0)
+    qw = rng.integers(0, 2**32, size=(N, K // 8), dtype=np.uint32)
+    s = (rng.uniform(0.5, 1.5, size=(N, K // group_size)) * scale).astype(np.float16)
+    o = None
+    if offsets:
+        o = (rng.uniform(-1, 1, size=(N, K // group_size)) * scale).astype(np.float32)
+    return Q4Tensor(qw, s, group_size, o)
+
+
+# ---- GGUF block formats -------------------------------------------------------------------
+
+def _q4_gguf_nibbles(qs: np.ndarray) -> np.ndarray:
+    """(blocks, 16) uint8 -> (blocks, 32) nibbles: elements 0-15 low nibbles, 16-31 high."""
+    return np.concatenate([qs & 0xF, qs >> 4], axis=1)
+
+
+def from_gguf_q4_0(raw: np.ndarray, N: int, K: int) -> Q4Tensor:
+    """Exact conversion of a GGUF Q4_0 tensor (raw bytes, rows of K/32 blocks of 18 bytes)."""
+    if K % 32:
+        raise ValueError(f"Q4_0 tensor has K={K}, not a multiple of 32")
+    b = np.ascontiguousarray(raw, dtype=np.uint8).reshape(N * (K // 32), 18)
+    d = b[:, :2].copy().view(np.float16).reshape(N, K // 32)
+    nib = _q4_gguf_nibbles(b[:, 2:]).reshape(N, K)
+    return Q4Tensor(pack_nibbles(nib), d, 32)
+
+
+def from_gguf_q4_1(raw: np.ndarray, N: int, K: int) -> Q4Tensor:
+    """Exact conversion of a GGUF Q4_1 tensor (blocks of 20 bytes: d, m f16, 16 bytes)."""
+    if K % 32:
+        raise ValueError(f"Q4_1 tensor has K={K}, not a multiple of 32")
+    b = np.ascontiguousarray(raw, dtype=np.uint8).reshape(N * (K // 32), 20)
+    d = b[:, 0:2].copy().view(np.float16).reshape(N, K // 32)
+    m = b[:, 2:4].copy().view(np.float16).reshape(N, K // 32)
+    nib = _q4_gguf_nibbles(b[:, 4:]).reshape(N, K)
+    o = m.astype(np.float32) + 8.0 * d.astype(np.float32)
+    return Q4Tensor(pack_nibbles(nib), d, 32, o)
