@@ -1,0 +1,278 @@
+"""The device layer: adapter choice, limits and features, buffers, a pipeline cache.
+
+Everything that touches wgpu's device object lives here, so that kernels.py and model.py
+speak in terms of named buffers and cached pipelines.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import wgpu
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # lavapipe warns without it
+
+BU = wgpu.BufferUsage
+STORAGE = BU.STORAGE | BU.COPY_DST | BU.COPY_SRC
+UNIFORM = BU.UNIFORM | BU.COPY_DST
+
+# The features we use when the adapter has them; each has a fallback.
+WANTED_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
+# The limits we raise to the adapter's own values (wgpu's defaults are far lower).
+WANTED_LIMITS = (
+    "max-storage-buffer-binding-size",
+    "max-buffer-size",
+    "max-compute-workgroup-storage-size",
+    "max-compute-invocations-per-workgroup",
+    "max-compute-workgroup-size-x",
+    "max-storage-buffers-per-shader-stage",
+    "max-compute-workgroups-per-dimension",
+)
+
+
+def shader_dir() -> Path:
+    """shaders/ in a source checkout, llmgpu/shaders in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "shaders", here / "shaders"):
+        if (cand / "q4gsw_gemv.wgsl").exists():
+            return cand
+    from importlib.resources import files
+    return Path(str(files("llmgpu.shaders")))
+
+
+class GpuError(RuntimeError):
+    """A problem with the adapter or with what we asked of it; the message says what to do."""
+
+
+def _describe(adapter) -> str:
+    info = adapter.info
+    return f"{info['device']} ({info['backend_type']}, {info['adapter_type']})"
+
+
+def choose_adapter(select: str | None = None):
+    """Pick an adapter: high-performance by default, or the first whose device name or backend
+    contains `select` (case-insensitive; also read from LLMGPU_ADAPTER)."""
+    select = select if select is not None else os.environ.get("LLMGPU_ADAPTER") or None
+    if not select:
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        if adapter is None:
+            raise GpuError("no GPU adapter found; on a machine without a GPU install software Vulkan: "
+                           "apt-get install -y mesa-vulkan-drivers libvulkan1")
+        return adapter
+    adapters = wgpu.gpu.enumerate_adapters_sync()
+    for a in adapters:
+        hay = f"{a.info['device']} {a.info['backend_type']} {a.info['adapter_type']} {a.info['vendor']}".lower()
+        if select.lower() in hay:
+            return a
+    names = "; ".join(_describe(a) for a in adapters) or "none"
+    raise GpuError(f"no adapter matches {select!r}; available: {names}")
+
+
+def preprocess(src: str, consts: dict) -> str:
+    """Keep or drop lines between `//#if NAME` / `//#else` / `//#endif` by a bool constant.
+
+    Needed where the dropped code would not compile at all on this adapter (subgroup
+    built-ins without the subgroup feature); ordinary branches use `if (CONST)` instead.
+    """
+    out, stack = [], []
+    for line in src.splitlines():
+        t = line.strip()
+        if t.startswith("//#if "):
+            stack.append(bool(consts[t[6:].strip()]))
+        elif t == "//#else":
+            stack[-1] = not stack[-1]
+        elif t == "//#endif":
+            stack.pop()
+        elif all(stack):
+            out.append(line)
+    if stack:
+        raise ValueError("unbalanced //#if in shader source")
+    return "\n".join(out)
+
+
+@dataclass
+class Pipeline:
+    pipeline: object
+    layout: object  # bind group layout 0
+    name: str
+
+
+class Device:
+    """One wgpu device with the adapter's real limits, the features it has, and caches.
+
+    f16 / subgroups: None = use when the adapter has them; False = force the fallback
+    (f32 scales and activations; shared-memory reductions). Tests use both paths.
+    """
+
+    def __init__(self, adapter: str | None = None, *, f16: bool | None = None,
+                 subgroups: bool | None = None, timestamps: bool | None = None, verbose: bool = False):
+        self.adapter = choose_adapter(adapter)
+        have = set(self.adapter.features)
+        want = {"shader-f16": f16, "subgroup": subgroups, "timestamp-query": timestamps}
+        feats = [f for f in WANTED_FEATURES if f in have and want[f] is not False]
+        for f, w in want.items():
+            if w and f not in have:
+                raise GpuError(f"adapter {_describe(self.adapter)} lacks feature {f!r}; drop the request for it")
+        alimits = self.adapter.limits
+        limits = {k: alimits[k] for k in WANTED_LIMITS if k in alimits}
+        self.device = self.adapter.request_device_sync(required_features=feats, required_limits=limits)
+        self.queue = self.device.queue
+        self.features = frozenset(feats)
+        self.has_f16 = "shader-f16" in self.features
+        self.has_subgroups = "subgroup" in self.features
+        self.has_timestamps = "timestamp-query" in self.features
+        lim = self.device.limits
+        self.max_binding = int(lim["max-storage-buffer-binding-size"])
+        self.max_buffer = int(lim["max-buffer-size"])
+        self.max_workgroup_storage = int(lim["max-compute-workgroup-storage-size"])
+        self.max_invocations = int(lim["max-compute-invocations-per-workgroup"])
+        self.max_groups = int(lim["max-compute-workgroups-per-dimension"])
+        self.min_storage_offset_align = int(lim.get("min-storage-buffer-offset-alignment", 256))
+        self._pipelines: dict = {}
+        self._sources: dict = {}
+        self.name = _describe(self.adapter)
+        if verbose:
+            print(f"llmgpu: adapter {self.name}; features {', '.join(sorted(self.features)) or 'none'}; "
+                  f"max binding {self.max_binding >> 20} MiB", file=sys.stderr)
+
+    # -- dtypes -----------------------------------------------------------------------------
+    @property
+    def act_dtype(self):
+        """NumPy dtype of activations and scales on this device."""
+        return np.float16 if self.has_f16 else np.float32
+
+    # -- buffers ----------------------------------------------------------------------------
+    def check_size(self, nbytes: int, what: str, binding: bool = True) -> None:
+        limit = self.max_binding if binding else self.max_buffer
+        if nbytes > limit:
+            kind = "storage-buffer binding" if binding else "buffer"
+            raise GpuError(
+                f"{what} needs {nbytes / 2**20:.1f} MiB but this adapter's max {kind} size is "
+                f"{limit / 2**20:.0f} MiB ({self.name}); split it into smaller pieces, "
+                f"use a smaller model or context, or pick another adapter with --adapter")
+
+    def buffer(self, data=None, *, size: int | None = None, usage=STORAGE, label: str = "",
+               binding: bool = True):
+        """A storage buffer from a NumPy array (uploaded) or of `size` bytes (zeroed)."""
+        if data is not None:
+            arr = np.ascontiguousarray(data)
+            nbytes = arr.nbytes
+        else:
+            nbytes = int(size)
+        nbytes = max(16, (nbytes + 3) // 4 * 4)
+        self.check_size(nbytes, label or "a buffer", binding=binding and bool(usage & BU.STORAGE))
+        if data is None:
+            return self.device.create_buffer(size=nbytes, usage=usage, label=label)
+        buf = self.device.create_buffer(size=nbytes, usage=usage | BU.COPY_DST, label=label)
+        raw = arr.view(np.uint8).reshape(-1)
+        if raw.nbytes:
+            if raw.nbytes % 4:
+                raw = np.concatenate([raw, np.zeros(4 - raw.nbytes % 4, np.uint8)])
+            self.queue.write_buffer(buf, 0, raw)
+        return buf
+
+    def uniform(self, values, label: str = ""):
+        """A uniform buffer of u32/i32/f32 scalars packed as 32-bit words (padded to 16 bytes)."""
+        words = np.zeros(max(4, (len(values) + 3) // 4 * 4), dtype=np.uint32)
+        for i, v in enumerate(values):
+            words[i] = np.float32(v).view(np.uint32) if isinstance(v, float) else np.uint32(np.int64(v) & 0xFFFFFFFF)
+        return self.buffer(words, usage=UNIFORM, label=label, binding=False)
+
+    def write(self, buf, data, offset: int = 0) -> None:
+        self.queue.write_buffer(buf, offset, np.ascontiguousarray(data))
+
+    def read(self, buf, dtype, shape=None, offset: int = 0, count: int | None = None) -> np.ndarray:
+        """Copy a buffer back (waits for the GPU). `count` elements from `offset` bytes."""
+        dtype = np.dtype(dtype)
+        if count is None and shape is not None:
+            count = int(np.prod(shape))
+        size = count * dtype.itemsize if count is not None else None
+        if size is not None and size % 4:
+            size += 4 - size % 4
+        raw = self.queue.read_buffer(buf, offset, size)
+        arr = np.frombuffer(raw, dtype=np.uint8)
+        n = count if count is not None else arr.nbytes // dtype.itemsize
+        arr = arr[: n * dtype.itemsize].view(dtype)
+        return arr.reshape(shape) if shape is not None else arr
+
+    def sync(self) -> None:
+        """Wait until the GPU has finished all submitted work."""
+        if not hasattr(self, "_sync_buf"):
+            self._sync_buf = self.buffer(size=16, label="sync")
+        self.queue.read_buffer(self._sync_buf, 0, 4)
+
+    # -- shaders and pipelines --------------------------------------------------------------
+    def _source(self, shader: str) -> str:
+        if shader not in self._sources:
+            self._sources[shader] = (shader_dir() / f"{shader}.wgsl").read_text()
+        return self._sources[shader]
+
+    def pipeline(self, shader: str, entry: str = "main", consts: dict | None = None,
+                 types: dict | None = None) -> Pipeline:
+        """Compile `shaders/<shader>.wgsl` once per (entry point, constants, type aliases).
+
+        `consts` become WGSL `const` declarations (u32 for ints, bool, f32 for floats) and
+        `types` become `alias` declarations, prepended to the file; both are cache keys.
+        """
+        consts = dict(consts or {})
+        types = dict(types or {})
+        key = (shader, entry, tuple(sorted(consts.items())), tuple(sorted(types.items())))
+        hit = self._pipelines.get(key)
+        if hit is not None:
+            return hit
+        head = []
+        if self.has_f16:
+            head.append("enable f16;")
+        for k, v in sorted(types.items()):
+            if v == "f16" and not self.has_f16:
+                raise GpuError(f"{shader}: f16 requested for {k} but the adapter lacks shader-f16")
+            head.append(f"alias {k} = {v};")
+        for k, v in sorted(consts.items()):
+            if isinstance(v, bool):
+                head.append(f"const {k}: bool = {'true' if v else 'false'};")
+            elif isinstance(v, (int, np.integer)):
+                head.append(f"const {k}: u32 = {int(v)}u;")
+            else:
+                head.append(f"const {k}: f32 = {float(v)!r};")
+        code = "\n".join(head) + "\n" + preprocess(self._source(shader), consts)
+        try:
+            module = self.device.create_shader_module(label=shader, code=code)
+            pipe = self.device.create_compute_pipeline(
+                label=f"{shader}:{entry}", layout="auto", compute={"module": module, "entry_point": entry})
+        except Exception as e:  # compile errors carry the WGSL diagnostics
+            raise GpuError(f"compiling {shader}.wgsl:{entry} with {consts} {types} failed: {e}") from e
+        p = Pipeline(pipe, pipe.get_bind_group_layout(0), f"{shader}:{entry}")
+        self._pipelines[key] = p
+        return p
+
+    def bind_group(self, pipe: Pipeline, buffers: list):
+        """Bind buffers to bindings 0..n-1 of group 0 (entries may be (buffer, offset, size))."""
+        entries = []
+        for i, b in enumerate(buffers):
+            if isinstance(b, tuple):
+                buf, off, size = b
+                entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
+            else:
+                entries.append({"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}})
+        return self.device.create_bind_group(layout=pipe.layout, entries=entries)
+
+    def grid(self, groups: int) -> tuple[int, int, int]:
+        """Spread a 1-D workgroup count over x and y within the per-dimension limit."""
+        if groups <= self.max_groups:
+            return (groups, 1, 1)
+        y = -(-groups // self.max_groups)
+        return (-(-groups // y), y, 1)
+
+
+_default: Device | None = None
+
+
+def default_device(**kw) -> Device:
+    """A process-wide device (created on first use)."""
+    global _default
+    if _default is None:
+        _default = Device(**kw)
+    return _default

@@ -1,0 +1,169 @@
+"""Thin Python wrappers over the WGSL kernels: weights on the GPU and recorded dispatches.
+
+The q4gsw linear is the centre: `Q4Linear` holds one weight on the GPU (split by rows where
+it exceeds the adapter's storage-binding limit) and `linear()` records y = x · Wᵀ as `Op`s —
+the cooperative GEMV when M == 1 (decode), the register-tiled GEMM when M > 1 (prefill).
+An `Op` is a pipeline, a bind group and a grid, built once and recorded as often as needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .gpu import Device, Pipeline
+from .quant import Q4Tensor
+
+
+@dataclass
+class Op:
+    """One dispatch: built once, recorded into any number of compute passes."""
+
+    pipe: Pipeline
+    bind_group: object
+    grid: tuple[int, int, int]
+    keep: list = field(default_factory=list, repr=False)  # buffers the bind group uses
+
+    @property
+    def name(self) -> str:
+        return self.pipe.name
+
+    def record(self, cpass) -> None:
+        cpass.set_pipeline(self.pipe.pipeline)
+        cpass.set_bind_group(0, self.bind_group)
+        cpass.dispatch_workgroups(*self.grid)
+
+
+def submit(dev: Device, ops: list[Op], sync: bool = False) -> None:
+    """Record ops into one compute pass and submit (optionally wait for the GPU)."""
+    enc = dev.device.create_command_encoder()
+    cpass = enc.begin_compute_pass()
+    for op in ops:
+        op.record(cpass)
+    cpass.end()
+    dev.queue.submit([enc.finish()])
+    if sync:
+        dev.sync()
+
+
+def act_type(dev: Device) -> str:
+    return "f16" if dev.has_f16 else "f32"
+
+
+# ---- the q4gsw linear --------------------------------------------------------------------
+
+@dataclass
+class _Slice:
+    n0: int
+    n: int
+    qweight: object  # (n, K/8) u32
+    scales: object  # (n, K/GS) scale_t
+    offsets: object  # (n, K/GS) f32, or a 16-byte dummy
+
+
+class Q4Linear:
+    """A q4gsw weight (N, K) resident on the GPU, split by rows to respect the binding limit."""
+
+    def __init__(self, dev: Device, t: Q4Tensor, label: str = "linear"):
+        self.dev = dev
+        self.N, self.K = t.shape
+        self.group_size = t.group_size
+        self.has_offsets = t.offsets is not None
+        self.label = label
+        self.nbytes = t.qweight.nbytes + t.scales.size * np.dtype(dev.act_dtype).itemsize
+        if t.offsets is not None:
+            self.nbytes += t.offsets.nbytes
+        row_bytes = max(t.qweight[0].nbytes, t.scales[0].size * 4)
+        # Rows per slice: within the binding limit, and a multiple of 256 so that every slice's
+        # output offset stays aligned for any adapter's storage-offset alignment.
+        per = max(256, (dev.max_binding // row_bytes) // 256 * 256)
+        scales = t.scales.astype(dev.act_dtype)
+        self.slices: list[_Slice] = []
+        for n0 in range(0, self.N, per):
+            n1 = min(self.N, n0 + per)
+            off = (dev.buffer(t.offsets[n0:n1], label=f"{label}.offsets[{n0}:{n1}]")
+                   if t.offsets is not None else dev.buffer(size=16, label=f"{label}.no_offsets"))
+            self.slices.append(_Slice(
+                n0, n1 - n0,
+                dev.buffer(t.qweight[n0:n1], label=f"{label}.qweight[{n0}:{n1}]"),
+                dev.buffer(scales[n0:n1], label=f"{label}.scales[{n0}:{n1}]"),
+                off))
+
+
+def gemv_config(dev: Device, K: int) -> dict:
+    """Workgroup shape of the GEMV for rows of length K (tuned on H100; see BENCHMARKS.md)."""
+    chunks = K // 32
+    tpr = 32
+    while tpr < 128 and tpr * 4 <= chunks:
+        tpr *= 2
+    return dict(WG=max(128, tpr), TPR=tpr, R=2)
+
+
+GEMM_CONFIG = dict(BM=64, BN=64, BK=32, TM=4, TN=4)
+
+
+def gemm_config(dev: Device, M: int) -> dict:
+    cfg = dict(GEMM_CONFIG)
+    cfg["WG"] = (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])
+    return cfg
+
+
+def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
+           config: dict | None = None, force: str | None = None) -> list[Op]:
+    """Record y(M, N) = x(M, K) · Wᵀ (+ y when residual). x, y: GPU buffers of act dtype.
+
+    M == 1 routes to the GEMV, M > 1 to the GEMM (`force` = "gemv"/"gemm" overrides, for
+    benchmarks). Returns one Op per row slice of the weight.
+    """
+    kind = force or ("gemv" if M == 1 else "gemm")
+    if kind == "gemv" and M != 1:
+        raise ValueError("the GEMV computes one row of activations (M == 1)")
+    t = act_type(dev)
+    scale_t = t
+    common = dict(GS=lin.group_size, HAS_OFFSETS=lin.has_offsets, RESIDUAL=residual)
+    ops = []
+    for s in lin.slices:
+        if kind == "gemv":
+            cfg = dict(config or gemv_config(dev, lin.K))
+            cfg["SUBGROUPS"] = dev.has_subgroups
+            pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **common},
+                                types={"act_t": t, "scale_t": scale_t})
+            rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
+            params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
+            esz = np.dtype(dev.act_dtype).itemsize
+            ybind = (y, s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
+            grid = dev.grid(-(-s.n // rows_per_wg))
+        else:
+            cfg = dict(config or gemm_config(dev, M))
+            cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
+            pipe = dev.pipeline("q4gsw_gemm", consts={**cfg, **common},
+                                types={"act_t": t, "scale_t": scale_t})
+            params = dev.uniform([M, s.n, lin.K, lin.N, s.n0], label=f"{lin.label}.gemm.params")
+            ybind = y
+            grid = (-(-s.n // cfg["BN"]), -(-M // cfg["BM"]), 1)
+            if grid[1] > dev.max_groups:
+                raise ValueError(f"M={M} is too many rows for one GEMM dispatch; prefill in chunks")
+        bg = dev.bind_group(pipe, [params, x, s.qweight, s.scales, s.offsets, ybind])
+        ops.append(Op(pipe, bg, grid, keep=[params]))
+    return ops
+
+
+def run_linear(dev: Device, lin: Q4Linear, x: np.ndarray, *, residual: np.ndarray | None = None,
+               poison: bool = True, **kw) -> tuple[np.ndarray, list[Op]]:
+    """Convenience for tests and one-off use: upload x (M, K), run, read y (M, N) back."""
+    x = np.atleast_2d(np.asarray(x))
+    M, K = x.shape
+    if K != lin.K:
+        raise ValueError(f"x has {K} columns but the weight has K={lin.K}")
+    dt = dev.act_dtype
+    xb = dev.buffer(x.astype(dt), label="x")
+    if residual is not None:
+        y0 = residual.astype(dt)
+    elif poison:
+        y0 = np.full((M, lin.N), np.nan, dtype=dt)
+    else:
+        y0 = np.zeros((M, lin.N), dtype=dt)
+    yb = dev.buffer(y0, label="y")
+    ops = linear(dev, lin, xb, yb, M, residual=residual is not None, **kw)
+    submit(dev, ops)
+    return dev.read(yb, dt, (M, lin.N)).astype(np.float32), ops
