@@ -1,0 +1,99 @@
+"""q4gsw GEMV / GEMM on the real wgpu device (lavapipe in CI) against a NumPy float64 reference."""
+import numpy as np
+import pytest
+
+from llmgpu.gpu import Device, GpuError
+from llmgpu.kernels import Q4Linear, linear, run_linear
+from llmgpu.quant import dequantize, random_q4
+
+# Relative Frobenius error bounds: f32 activations accumulate in f32 (~1e-7 seen);
+# f16 activations round the output to f16 (2^-11 relative per element, ~2e-4 seen).
+TOL = {np.float32: 1e-5, np.float16: 2e-3}
+
+
+def reference(dev, t, x):
+    xr = x.astype(dev.act_dtype).astype(np.float64)
+    return xr @ dequantize(t).astype(np.float64).T
+
+
+def check(dev, t, x, **kw):
+    y, ops = run_linear(dev, Q4Linear(dev, t), x, **kw)
+    ref = reference(dev, t, x)
+    assert not np.isnan(y).any(), "an output element was never written"
+    err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert err < TOL[dev.act_dtype], f"relative error {err:.2e}"
+    return ops
+
+
+SHAPES = [  # (N, K): odd N, K a group multiple that is not a tile multiple, real sizes
+    (1, 128), (33, 384), (127, 640), (257, 1152), (64, 4096), (1000, 576)]
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 64, 333])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+def test_linear_matches_numpy(dev, rng, M, gs):
+    for N, K in SHAPES:
+        if K % gs or M * N * K > 2e7:
+            continue
+        t = random_q4(N, K, gs, rng)
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        ops = check(dev, t, x)
+        assert [op.name for op in ops] == ["q4gsw_gemv:main" if M == 1 else "q4gsw_gemm:main"]
+
+
+@pytest.mark.parametrize("M", [1, 5])
+def test_group_offsets(dev, rng, M):
+    for gs in (32, 128):
+        t = random_q4(77, 256, gs, rng, offsets=True)
+        check(dev, t, rng.standard_normal((M, 256)))
+
+
+@pytest.mark.parametrize("M", [1, 9])
+def test_residual_epilogue(dev, rng, M):
+    t = random_q4(45, 192, 64, rng)
+    x = rng.standard_normal((M, 192))
+    res = rng.standard_normal((M, 45)).astype(np.float32)
+    y, _ = run_linear(dev, Q4Linear(dev, t), x, residual=res)
+    ref = reference(dev, t, x) + res.astype(dev.act_dtype)
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < TOL[dev.act_dtype]
+
+
+def test_gemm_also_serves_m1_and_gemv_refuses_m2(dev, rng):
+    t = random_q4(99, 256, 32, rng)
+    ops = check(dev, t, rng.standard_normal((1, 256)), force="gemm")
+    assert ops[0].name == "q4gsw_gemm:main"
+    with pytest.raises(ValueError, match="M == 1"):
+        linear(dev, Q4Linear(dev, t), None, None, 2, force="gemv")
+
+
+@pytest.mark.parametrize("config", [dict(WG=64, TPR=8, R=1), dict(WG=256, TPR=64, R=4),
+                                    dict(WG=128, TPR=128, R=2)])
+def test_gemv_workgroup_shapes(dev, rng, config):
+    for N, K in [(31, 256), (300, 1024)]:
+        check(dev, random_q4(N, K, 32, rng), rng.standard_normal((1, K)), config=config)
+
+
+@pytest.mark.parametrize("config", [dict(BM=32, BN=32, BK=16, TM=4, TN=4),
+                                    dict(BM=128, BN=64, BK=16, TM=8, TN=4),
+                                    dict(BM=64, BN=128, BK=32, TM=4, TN=8)])
+def test_gemm_tile_shapes(dev, rng, config):
+    for M, N, K in [(70, 131, 256), (5, 200, 96)]:
+        check(dev, random_q4(N, K, 32, rng), rng.standard_normal((M, K)), config=config)
+
+
+def test_weights_split_to_fit_the_binding_limit(rng):
+    dev = Device()
+    dev.max_binding = 64 * 1024  # pretend: K=1024 rows are 512 B -> 128 rows fit, slices of 256
+    t = random_q4(700, 1024, 128, rng, offsets=True)
+    with pytest.raises(GpuError, match="max storage-buffer binding"):
+        dev.buffer(size=dev.max_binding + 4)
+    dev.max_binding = 256 * 512
+    lin = Q4Linear(dev, t)
+    assert [s.n for s in lin.slices] == [256, 256, 188]
+    for M in (1, 3):
+        x = rng.standard_normal((M, 1024))
+        y, ops = run_linear(dev, lin, x)
+        assert len(ops) == 3
+        ref = reference(dev, t, x)
+        assert not np.isnan(y).any()
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < TOL[dev.act_dtype]
