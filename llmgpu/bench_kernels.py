@@ -1,0 +1,176 @@
+"""`llmgpu bench kernels`: q4gsw GEMV / GEMM speed on the projection shapes of real models.
+
+For each shape it prints the GEMV's time, the GB/s of weight + scale bytes it moved and the
+percentage of the streaming-read bandwidth measured in the same run by a plain WGSL read
+kernel (the roofline), and the GEMM's TFLOP/s at M = 512. Weights are random q4gsw created
+in packed form; several copies are rotated so that repeated runs stream from memory, not
+from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
+waiting for the GPU: the gaps between dispatches count, as they do in a model.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .gpu import Device
+from .kernels import Op, Q4Linear, gemm_config, gemv_config, linear, submit
+from .quant import random_q4
+from .shapes import get_shape
+
+CACHE_BUSTER = 256 << 20  # rotate weight copies until this many bytes are in flight
+
+
+def projection_shapes(name: str) -> list[tuple[str, int, int]]:
+    """(label, N, K) of every distinct linear in one layer of a named shape, plus lm_head."""
+    s = get_shape(name)
+    d, ff = s["hidden_size"], s["intermediate_size"]
+    hd = s.get("head_dim") or d // s["num_attention_heads"]
+    q, kv = s["num_attention_heads"] * hd, s["num_key_value_heads"] * hd
+    out = [("q", q, d), ("k/v", kv, d), ("o", d, q), ("gate/up", ff, d), ("down", d, ff),
+           ("lm_head", s["vocab_size"], d)]
+    seen, uniq = set(), []
+    for lab, n, k in out:
+        if (n, k) not in seen:
+            seen.add((n, k))
+            uniq.append((lab, n, k))
+    return uniq
+
+
+def time_ops(dev: Device, op_sets: list[list[Op]], reps: int, trials: int = 5) -> float:
+    """Median seconds per op set, each trial recording `reps` sets (rotating) in one submit."""
+    submit(dev, [op for s in op_sets for op in s], sync=True)  # warm-up
+    times = []
+    for _ in range(trials):
+        enc = dev.device.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        for r in range(reps):
+            for op in op_sets[r % len(op_sets)]:
+                op.record(cpass)
+        cpass.end()
+        dev.sync()
+        t0 = time.perf_counter()
+        dev.queue.submit([enc.finish()])
+        dev.sync()
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
+def stream_bandwidth(dev: Device, nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Bytes/s of a plain WGSL streaming read of one large buffer."""
+    nbytes = min(nbytes, dev.max_binding, dev.max_buffer) // 16 * 16
+    src = dev.buffer(size=nbytes, label="stream.src")
+    dev.write(src, np.random.default_rng().integers(0, 2**32, nbytes // 4, dtype=np.uint32))
+    wg, groups = 256, 4096
+    dst = dev.buffer(size=wg * groups * 4, label="stream.dst")
+    pipe = dev.pipeline("stream_read", consts={"WG": wg})
+    params = dev.uniform([nbytes // 16, wg * groups])
+    op = Op(pipe, dev.bind_group(pipe, [params, src, dst]), (groups, 1, 1), keep=[params])
+    return nbytes / time_ops(dev, [[op]], reps)
+
+
+def _copies(dev, N, K, gs, rng, budget):
+    one = N * K // 2 + N * (K // gs) * 2
+    n = max(1, min(8, -(-budget // one)))
+    return [Q4Linear(dev, random_q4(N, K, gs, rng), label=f"w{N}x{K}#{i}") for i in range(n)], one
+
+
+def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfg=None, gemm_cfg=None, do_gemm=True):
+    lins, wbytes = _copies(dev, N, K, gs, rng, budget)
+    dt = dev.act_dtype
+    x1 = dev.buffer(rng.standard_normal(K).astype(dt), label="x1")
+    y1 = dev.buffer(size=N * np.dtype(dt).itemsize, label="y1")
+    sets = [linear(dev, lin, x1, y1, 1, config=gemv_cfg) for lin in lins]
+    t_gemv = time_ops(dev, sets, reps)
+    row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes, gemv_us=t_gemv * 1e6,
+               gemv_gbs=wbytes / t_gemv / 1e9, gemv_config=gemv_cfg or gemv_config(dev, K))
+    if do_gemm:
+        xm = dev.buffer(rng.standard_normal((M, K)).astype(dt), label="xM")
+        ym = dev.buffer(size=M * N * np.dtype(dt).itemsize, label="yM")
+        sets = [linear(dev, lin, xm, ym, M, config=gemm_cfg) for lin in lins[:2]]
+        t_gemm = time_ops(dev, sets, max(2, reps // 20))
+        row.update(M=M, gemm_ms=t_gemm * 1e3, gemm_tflops=2 * M * N * K / t_gemm / 1e12,
+                   gemm_config=gemm_cfg or gemm_config(dev, M))
+    for lin in lins:
+        for s in lin.slices:
+            for b in (s.qweight, s.scales, s.offsets):
+                b.destroy()
+    return row
+
+
+GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=128, TPR=64, R=2), dict(WG=256, TPR=64, R=2),
+              dict(WG=128, TPR=128, R=2), dict(WG=256, TPR=128, R=4), dict(WG=64, TPR=32, R=4),
+              dict(WG=256, TPR=32, R=1), dict(WG=256, TPR=256, R=1), dict(WG=128, TPR=64, R=4)]
+GEMM_SWEEP = [dict(BM=64, BN=64, BK=32, TM=4, TN=4), dict(BM=128, BN=128, BK=16, TM=8, TN=8),
+              dict(BM=128, BN=64, BK=16, TM=8, TN=4), dict(BM=64, BN=128, BK=16, TM=4, TN=8),
+              dict(BM=128, BN=128, BK=32, TM=8, TN=8), dict(BM=64, BN=64, BK=16, TM=4, TN=4)]
+
+
+def run(args) -> int:
+    dev = Device(args.adapter)
+    rng = np.random.default_rng()
+    bw = stream_bandwidth(dev, args.stream_bytes)
+    names = args.shapes.split(",")
+    rows = []
+    for name in names:
+        for lab, N, K in projection_shapes(name):
+            if args.max_k and K > args.max_k:
+                continue
+            gemv_cfgs = GEMV_SWEEP if args.sweep else [None]
+            gemm_cfgs = GEMM_SWEEP if args.sweep else [None]
+            best = None
+            for gc in gemv_cfgs:
+                r = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
+                                budget=args.cache_bytes, gemv_cfg=gc, do_gemm=False)
+                if best is None or r["gemv_us"] < best["gemv_us"]:
+                    best = r
+                if args.sweep:
+                    print(f"  sweep {name} {lab} {N}x{K} gemv {gc}: {r['gemv_us']:.1f} us", file=sys.stderr)
+            if not args.no_gemm:
+                for gc in gemm_cfgs:
+                    if gc and 4 * gc["BK"] * (gc["BM"] + gc["BN"]) > dev.max_workgroup_storage:
+                        continue
+                    r = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
+                                    budget=args.cache_bytes, gemv_cfg=best["gemv_config"], gemm_cfg=gc)
+                    if args.sweep:
+                        print(f"  sweep {name} {lab} {N}x{K} gemm {gc}: {r['gemm_tflops']:.2f} TFLOP/s",
+                              file=sys.stderr)
+                    if "gemm_ms" not in best or r["gemm_ms"] < best["gemm_ms"]:
+                        best.update({k: v for k, v in r.items() if k.startswith("gemm") or k == "M"})
+            best.update(shape=name, proj=lab, roofline_pct=100 * best["gemv_gbs"] * 1e9 / bw)
+            rows.append(best)
+    result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,
+                  date=time.strftime("%Y-%m-%d"), rows=rows)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"adapter: {dev.name}   streaming read: {bw / 1e9:.1f} GB/s   group size {args.group_size}")
+    hdr = f"{'shape':<14} {'proj':<8} {'N x K':>13} {'GEMV us':>9} {'GB/s':>8} {'% roof':>7}"
+    if not args.no_gemm:
+        hdr += f" {'GEMM M':>7} {'ms':>8} {'TFLOP/s':>8}"
+    print(hdr)
+    for r in rows:
+        line = (f"{r['shape']:<14} {r['proj']:<8} {r['N']:>6}x{r['K']:<6} {r['gemv_us']:>9.1f} "
+                f"{r['gemv_gbs']:>8.1f} {r['roofline_pct']:>6.1f}%")
+        if "gemm_ms" in r:
+            line += f" {r['M']:>7} {r['gemm_ms']:>8.3f} {r['gemm_tflops']:>8.2f}"
+        print(line)
+    return 0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-1b",
+                   help="comma-separated shape presets from models/shapes.json")
+    p.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128))
+    p.add_argument("-m", "--m", type=int, default=512, help="rows of activations for the GEMM")
+    p.add_argument("--repeat", type=int, default=200, help="GEMV dispatches per timing")
+    p.add_argument("--no-gemm", action="store_true", help="time the GEMV only")
+    p.add_argument("--max-k", type=int, default=0, help="skip shapes with K above this")
+    p.add_argument("--sweep", action="store_true", help="try several kernel configurations, keep the best")
+    p.add_argument("--stream-bytes", type=int, default=1 << 30, help="size of the streaming-read buffer")
+    p.add_argument("--cache-bytes", type=int, default=CACHE_BUSTER,
+                   help="rotate weight copies until this many bytes are in flight (defeats the cache)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
