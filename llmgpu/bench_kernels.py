@@ -78,25 +78,37 @@ def _copies(dev, N, K, gs, rng, budget):
     return [Q4Linear(dev, random_q4(N, K, gs, rng), label=f"w{N}x{K}#{i}") for i in range(n)], one
 
 
-def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfg=None, gemm_cfg=None, do_gemm=True):
+def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_cfgs=(None,),
+                log=None) -> dict:
+    """Time the GEMV (and the GEMM at M unless gemm_cfgs is empty) of one shape; keep the best
+    of the given configurations (None = the default one)."""
     lins, wbytes = _copies(dev, N, K, gs, rng, budget)
     dt = dev.act_dtype
+    row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes)
     x1 = dev.buffer(rng.standard_normal(K).astype(dt), label="x1")
     y1 = dev.buffer(size=N * np.dtype(dt).itemsize, label="y1")
-    sets = [linear(dev, lin, x1, y1, 1, config=gemv_cfg) for lin in lins]
-    t_gemv = time_ops(dev, sets, reps)
-    row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes, gemv_us=t_gemv * 1e6,
-               gemv_gbs=wbytes / t_gemv / 1e9, gemv_config=gemv_cfg or gemv_config(dev, K))
-    if do_gemm:
+    for cfg in gemv_cfgs:
+        t = time_ops(dev, [linear(dev, lin, x1, y1, 1, config=cfg) for lin in lins], reps)
+        if log:
+            log(f"gemv {N}x{K} {cfg}: {t * 1e6:.1f} us")
+        if "gemv_us" not in row or t * 1e6 < row["gemv_us"]:
+            row.update(gemv_us=t * 1e6, gemv_gbs=wbytes / t / 1e9, gemv_config=cfg or gemv_config(dev, K))
+    if gemm_cfgs:
         xm = dev.buffer(rng.standard_normal((M, K)).astype(dt), label="xM")
         ym = dev.buffer(size=M * N * np.dtype(dt).itemsize, label="yM")
-        sets = [linear(dev, lin, xm, ym, M, config=gemm_cfg) for lin in lins[:2]]
-        t_gemm = time_ops(dev, sets, max(2, reps // 20))
-        row.update(M=M, gemm_ms=t_gemm * 1e3, gemm_tflops=2 * M * N * K / t_gemm / 1e12,
-                   gemm_config=gemm_cfg or gemm_config(dev, M))
+        for cfg in gemm_cfgs:
+            if cfg and 4 * cfg["BK"] * (cfg["BM"] + cfg["BN"]) > dev.max_workgroup_storage:
+                continue
+            t = time_ops(dev, [linear(dev, lin, xm, ym, M, config=cfg) for lin in lins[:2]],
+                         max(2, reps // 20))
+            if log:
+                log(f"gemm {M}x{N}x{K} {cfg}: {2 * M * N * K / t / 1e12:.2f} TFLOP/s")
+            if "gemm_ms" not in row or t * 1e3 < row["gemm_ms"]:
+                row.update(M=M, gemm_ms=t * 1e3, gemm_tflops=2 * M * N * K / t / 1e12,
+                           gemm_config=cfg or gemm_config(dev, M))
     for lin in lins:
-        for s in lin.slices:
-            for b in (s.qweight, s.scales, s.offsets):
+        for sl in lin.slices:
+            for b in (sl.qweight, sl.scales, sl.offsets):
                 b.destroy()
     return row
 
@@ -115,33 +127,18 @@ def run(args) -> int:
     bw = stream_bandwidth(dev, args.stream_bytes)
     names = args.shapes.split(",")
     rows = []
+    log = (lambda m: print("  sweep " + m, file=sys.stderr, flush=True)) if args.sweep else None
     for name in names:
         for lab, N, K in projection_shapes(name):
             if args.max_k and K > args.max_k:
                 continue
-            gemv_cfgs = GEMV_SWEEP if args.sweep else [None]
-            gemm_cfgs = GEMM_SWEEP if args.sweep else [None]
-            best = None
-            for gc in gemv_cfgs:
-                r = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
-                                budget=args.cache_bytes, gemv_cfg=gc, do_gemm=False)
-                if best is None or r["gemv_us"] < best["gemv_us"]:
-                    best = r
-                if args.sweep:
-                    print(f"  sweep {name} {lab} {N}x{K} gemv {gc}: {r['gemv_us']:.1f} us", file=sys.stderr)
-            if not args.no_gemm:
-                for gc in gemm_cfgs:
-                    if gc and 4 * gc["BK"] * (gc["BM"] + gc["BN"]) > dev.max_workgroup_storage:
-                        continue
-                    r = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
-                                    budget=args.cache_bytes, gemv_cfg=best["gemv_config"], gemm_cfg=gc)
-                    if args.sweep:
-                        print(f"  sweep {name} {lab} {N}x{K} gemm {gc}: {r['gemm_tflops']:.2f} TFLOP/s",
-                              file=sys.stderr)
-                    if "gemm_ms" not in best or r["gemm_ms"] < best["gemm_ms"]:
-                        best.update({k: v for k, v in r.items() if k.startswith("gemm") or k == "M"})
-            best.update(shape=name, proj=lab, roofline_pct=100 * best["gemv_gbs"] * 1e9 / bw)
-            rows.append(best)
+            row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
+                              budget=args.cache_bytes,
+                              gemv_cfgs=GEMV_SWEEP if args.sweep else (None,),
+                              gemm_cfgs=() if args.no_gemm else (GEMM_SWEEP if args.sweep else (None,)),
+                              log=log)
+            row.update(shape=name, proj=lab, roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
+            rows.append(row)
     result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,
                   date=time.strftime("%Y-%m-%d"), rows=rows)
     if args.json:
