@@ -33,7 +33,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, _field
-from .quant import DEFAULT_GROUP_SIZE, Q4Tensor, from_gguf_q4_0, from_gguf_q4_1, quantize
+from .quant import DEFAULT_GROUP_SIZE, Q4Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1, quantize
 from .tokenizer import tokenizer_from_gguf
 
 FORMAT, FORMAT_VERSION = "q4gsw", 1
@@ -70,21 +70,27 @@ def is_linear(name: str) -> bool:
     return name == "lm_head.weight" or name.endswith(LINEAR_SUFFIXES)
 
 
-def expected_tensor_names(cfg: ModelConfig) -> list[str]:
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for a model with this config (lm_head only when untied)."""
+    D, F, V, hd = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
     if not cfg.tie_word_embeddings:
-        names.append("lm_head.weight")
+        shapes["lm_head.weight"] = (V, D)
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
-        names += [p + s for s in LINEAR_SUFFIXES]
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        shapes.update({p + "self_attn.q_proj.weight": (cfg.q_dim, D), p + "self_attn.k_proj.weight": (cfg.kv_dim, D),
+                       p + "self_attn.v_proj.weight": (cfg.kv_dim, D), p + "self_attn.o_proj.weight": (D, cfg.q_dim),
+                       p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),
+                       p + "mlp.down_proj.weight": (D, F),
+                       p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,)})
         if cfg.attention_bias:
-            names += [p + f"self_attn.{x}_proj.bias" for x in "qkv"]
-            if cfg.model_type == "llama":
-                names.append(p + "self_attn.o_proj.bias")
+            shapes.update({p + "self_attn.q_proj.bias": (cfg.q_dim,), p + "self_attn.k_proj.bias": (cfg.kv_dim,),
+                           p + "self_attn.v_proj.bias": (cfg.kv_dim,)})
+            if cfg.model_type == "llama":  # LlamaAttention puts attention_bias on o_proj too
+                shapes[p + "self_attn.o_proj.bias"] = (D,)
         if cfg.qk_norm:
-            names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
-    return names
+            shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
+    return shapes
 
 
 def load_checkpoint(source: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
@@ -256,18 +262,22 @@ def _post_processor_adds_bos(tok: Tokenizer, bos: str | None) -> bool:
 
 
 def _check_names(cfg: ModelConfig, tensors: dict, where: str) -> dict:
+    """Exactly the tensors ``cfg`` needs, with the right shapes, in a fixed order; else one clear error."""
     tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
-    expected = expected_tensor_names(cfg)
+    expected = expected_shapes(cfg)
     if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), Q4Tensor):
-        expected.append("lm_head.weight")
+        expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
     missing = [n for n in expected if n not in tensors]
     extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        what = (f"missing {len(missing)} tensors (e.g. {missing[:3]})" if missing else "") + \
-               ("; " if missing and extra else "") + \
-               (f"unexpected {len(extra)} tensors (e.g. {extra[:3]})" if extra else "")
-        raise ValueError(f"{where}: weights do not match a {cfg.model_type} model with this config: {what}. "
-                         "The checkpoint is incomplete or uses features llmgpu does not support")
+    wrong = [f"{n} {tuple(tensors[n].shape)} != {s}" for n, s in expected.items()
+             if n in tensors and tuple(tensors[n].shape) != s]
+    problems = ([f"missing {len(missing)} tensors (e.g. {missing[:3]})"] if missing else []) + \
+               ([f"unexpected {len(extra)} tensors (e.g. {extra[:3]})"] if extra else []) + \
+               ([f"{len(wrong)} tensors with wrong shapes (e.g. {wrong[:2]})"] if wrong else [])
+    if problems:
+        raise ValueError(f"{where}: weights do not match a {cfg.model_type} model with this config: "
+                         f"{'; '.join(problems)}. The checkpoint is incomplete, its config.json does not "
+                         "belong to it, or it uses features llmgpu does not support")
     return {n: tensors[n] for n in expected}
 
 
@@ -346,7 +356,7 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
             tensors[name] = q4(t.data, *shape)
         elif q4 is not None and name == "model.embed_tokens.weight" and cfg.tie_word_embeddings:
             tensors["lm_head.weight"] = q4(t.data, *shape)  # exact q4 lm_head; lookup uses floats
-            tensors[name] = tensors["lm_head.weight"].dequantize(dtype)
+            tensors[name] = dequantize(tensors["lm_head.weight"], dtype)
         else:
             tensors[name] = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype).reshape(shape)
     if cfg.model_type == "llama":
@@ -386,7 +396,10 @@ def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, 
     errors = dict(ckpt.quant_errors)
     for name in tqdm(todo, desc="quantizing", unit="tensor", disable=not progress):
         w = tensors.get(name, tensors["model.embed_tokens.weight"])
-        tensors[name], errors[name] = quantize(w, group_size)
+        try:
+            tensors[name], errors[name] = quantize(w, group_size)
+        except ValueError as e:
+            raise ValueError(f"cannot quantize {name} {tuple(w.shape)}: {e}") from None
     return dataclasses.replace(ckpt, tensors=tensors, group_size=group_size, quant_errors=errors)
 
 
