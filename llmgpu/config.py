@@ -89,6 +89,10 @@ class ModelConfig:
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported (llmgpu implements SiLU-gated MLPs only)")
+        if d.get("quantization_config"):
+            q = d["quantization_config"].get("quant_method", "?")
+            raise ValueError(f"pre-quantized Hugging Face checkpoints ({q}) are not supported; load the float "
+                             "checkpoint (llmgpu quantizes it to q4gsw) or a Q4_0/Q4_1 GGUF")
         if d.get("mlp_bias"):
             raise ValueError("mlp_bias=True is not supported (llmgpu's MLP has no biases)")
 
@@ -148,12 +152,12 @@ class ModelConfig:
     @classmethod
     def from_gguf(cls, reader) -> ModelConfig:
         """Build from a ``gguf.GGUFReader`` (llama, qwen2 and qwen3 architectures)."""
-        arch = _field(reader, "general.architecture")
+        arch = gguf_value(reader, "general.architecture")
         if arch not in ("llama", "qwen2", "qwen3"):
             raise ValueError(f"unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
 
         def get(key, default=None):
-            v = _field(reader, f"{arch}.{key}", default)
+            v = gguf_value(reader, f"{arch}.{key}", default)
             if isinstance(v, list):
                 raise ValueError(f"GGUF {arch}.{key} varies per layer; that is not supported")
             return v
@@ -186,7 +190,7 @@ class ModelConfig:
             t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
             scaling = _llama3_from_freq_factors(np.asarray(t.data, np.float64), theta, head_dim)
 
-        eos = [_field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+        eos = [gguf_value(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
         return cls(
             model_type=arch,
             vocab_size=int(vocab),
@@ -203,7 +207,7 @@ class ModelConfig:
             tie_word_embeddings="output.weight" not in names,
             attention_bias=arch == "qwen2" or "blk.0.attn_q.bias" in names,
             qk_norm=arch == "qwen3" or "blk.0.attn_q_norm.weight" in names,
-            bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+            bos_token_id=gguf_value(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_id=tuple(dict.fromkeys(int(e) for e in eos if e is not None)),
         )
 
@@ -280,7 +284,8 @@ def _f32(v) -> float:
     return float(str(np.float32(v)))
 
 
-def _field(reader, key: str, default=None):
+def gguf_value(reader, key: str, default=None):
+    """A GGUF metadata value as a Python value (str, int, float, bool, list), or ``default``."""
     f = reader.fields.get(key)
     if f is None:
         return default

@@ -211,15 +211,18 @@ class Device:
         return self._sources[shader]
 
     def pipeline(self, shader: str, entry: str = "main", consts: dict | None = None,
-                 types: dict | None = None) -> Pipeline:
+                 types: dict | None = None, snippets: dict | None = None) -> Pipeline:
         """Compile `shaders/<shader>.wgsl` once per (entry point, constants, type aliases).
 
         `consts` become WGSL `const` declarations (u32 for ints, bool, f32 for floats) and
-        `types` become `alias` declarations, prepended to the file; both are cache keys.
+        `types` become `alias` declarations, prepended to the file; `snippets` replace lines
+        `//@NAME` with generated code. All three are part of the cache key.
         """
         consts = dict(consts or {})
         types = dict(types or {})
-        key = (shader, entry, tuple(sorted(consts.items())), tuple(sorted(types.items())))
+        snippets = dict(snippets or {})
+        key = (shader, entry, tuple(sorted(consts.items())), tuple(sorted(types.items())),
+               tuple(sorted(snippets.items())))
         hit = self._pipelines.get(key)
         if hit is not None:
             return hit
@@ -237,7 +240,10 @@ class Device:
                 head.append(f"const {k}: u32 = {int(v)}u;")
             else:
                 head.append(f"const {k}: f32 = {float(v)!r};")
-        code = "\n".join(head) + "\n" + preprocess(self._source(shader), consts)
+        body = preprocess(self._source(shader), consts)
+        for k, v in snippets.items():
+            body = body.replace(f"//@{k}\n", v + "\n")
+        code = "\n".join(head) + "\n" + body
         try:
             module = self.device.create_shader_module(label=shader, code=code)
             pipe = self.device.create_compute_pipeline(

@@ -99,7 +99,30 @@ def gemv_config(dev: Device, K: int) -> dict:
     return dict(WG=max(128, tpr), TPR=tpr, R=2)
 
 
-GEMM_CONFIG = dict(BM=64, BN=64, BK=32, TM=4, TN=4)
+GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
+
+
+def gemm_snippets(TM: int, TN: int) -> dict:
+    """Unrolled register-block code for q4gsw_gemm.wgsl: TM×(TN/4) named vec4 accumulators."""
+    decl, mac, store = [], [], []
+    for i in range(TM):
+        for j in range(TN // 4):
+            decl.append(f"    var c{i}_{j} = vec4<f32>(0.0);")
+    for j in range(TN // 4):
+        mac.append(f"            let b{j} = Ws[bb + {j}u * TX];")
+    for i4 in range(TM // 4):
+        mac.append(f"            let a{i4} = As[ab + {i4}u * TY];")
+        for ii, comp in enumerate("xyzw"):
+            i = 4 * i4 + ii
+            for j in range(TN // 4):
+                mac.append(f"            c{i}_{j} = fma(vec4<f32>(a{i4}.{comp}), b{j}, c{i}_{j});")
+    for i in range(TM):
+        m = f"m0 + 4u * (ty + {i // 4}u * TY) + {i % 4}u"
+        for j in range(TN // 4):
+            n = f"n0 + 4u * (tx + {j}u * TX)"
+            for jj, comp in enumerate("xyzw"):
+                store.append(f"    put({m}, {n} + {jj}u, c{i}_{j}.{comp});")
+    return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store)}
 
 
 def gemm_config(dev: Device, M: int) -> dict:
@@ -118,8 +141,9 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
     kind = force or ("gemv" if M == 1 else "gemm")
     if kind == "gemv" and M != 1:
         raise ValueError("the GEMV computes one row of activations (M == 1)")
-    t = act_type(dev)
-    scale_t = t
+    config = dict(config) if config else None
+    t = (config or {}).pop("ACT", None) or act_type(dev)  # activations' type (f32 always works)
+    scale_t = act_type(dev)
     common = dict(GS=lin.group_size, HAS_OFFSETS=lin.has_offsets, RESIDUAL=residual)
     ops = []
     for s in lin.slices:
@@ -130,14 +154,16 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
                                 types={"act_t": t, "scale_t": scale_t})
             rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
             params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
-            esz = np.dtype(dev.act_dtype).itemsize
+            esz = 2 if t == "f16" else 4
             ybind = (y, s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
             grid = dev.grid(-(-s.n // rows_per_wg))
         else:
             cfg = dict(config or gemm_config(dev, M))
+            cfg.pop("BK", None)
             cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
             pipe = dev.pipeline("q4gsw_gemm", consts={**cfg, **common},
-                                types={"act_t": t, "scale_t": scale_t})
+                                types={"act_t": t, "scale_t": scale_t},
+                                snippets=gemm_snippets(cfg["TM"], cfg["TN"]))
             params = dev.uniform([M, s.n, lin.K, lin.N, s.n0], label=f"{lin.label}.gemm.params")
             ybind = y
             grid = (-(-s.n // cfg["BN"]), -(-M // cfg["BM"]), 1)

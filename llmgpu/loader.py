@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .config import ModelConfig, _field
+from .config import ModelConfig, gguf_value
 from .quant import DEFAULT_GROUP_SIZE, Q4Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1, quantize
 from .tokenizer import tokenizer_from_gguf
 
@@ -188,45 +188,21 @@ def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d} has no config.json; expected a Hugging Face model directory "
                                 "(config.json, *.safetensors, tokenizer.json) or a q4gsw checkpoint")
+    if not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{d} has no tokenizer.json (llmgpu reads only fast tokenizers); create it with "
+                                "transformers: AutoTokenizer.from_pretrained(src).save_pretrained(dir)")
     cfg = ModelConfig.from_hf(_read_json(d / "config.json"))
     meta = _read_json(d / "llmgpu.json")
     if meta and (meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION):
         raise ValueError(f"{d}/llmgpu.json: format {meta.get('format')!r} version {meta.get('version')} is not "
                          f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
-
-    if (d / "model.safetensors.index.json").is_file():
-        files = sorted(set(_read_json(d / "model.safetensors.index.json").get("weight_map", {}).values()))
-    elif (d / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        files = sorted(p.name for p in d.glob("*.safetensors"))
-    if not files:
-        bins = [p.name for p in d.glob("*.bin")]
-        hint = " (found PyTorch .bin weights; re-save with safe_serialization=True)" if bins else ""
-        raise FileNotFoundError(f"{d} has no .safetensors weights{hint}")
-    raw: dict[str, np.ndarray] = {}
-    for f in files:
-        if not (d / f).is_file():
-            raise FileNotFoundError(f"{d}/{f} is listed in model.safetensors.index.json but missing; re-download")
-        raw.update(read_safetensors(d / f))
-
-    tensors: dict[str, np.ndarray | Q4Tensor] = {}
-    for name, arr in raw.items():
-        base, _, part = name.rpartition(".")
-        if meta and part == "qweight":  # q4gsw: <name>.qweight/.scales/.offsets; group size from shapes
-            sc = raw[base + ".scales"].astype(np.float16)
-            tensors[base] = Q4Tensor(arr, sc, arr.shape[1] * 8 // sc.shape[1], raw.get(base + ".offsets"))
-        elif not (meta and part in ("scales", "offsets")):
-            tensors[name] = arr.astype(dtype, copy=False) if arr.dtype.kind == "f" else arr
+    tensors = _read_weights(d, dtype, q4=bool(meta))
     if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), np.ndarray):
         del tensors["lm_head.weight"]  # a saved copy of the tied embedding
     if not cfg.tie_word_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
         cfg = dataclasses.replace(cfg, tie_word_embeddings=True)  # weights say tied; HF would warn and tie
     tensors = _check_names(cfg, tensors, str(d))
 
-    if not (d / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{d} has no tokenizer.json (llmgpu reads only fast tokenizers); create it with "
-                                "transformers: AutoTokenizer.from_pretrained(src).save_pretrained(dir)")
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     tc = _read_json(d / "tokenizer_config.json")
     template = tc.get("chat_template")
@@ -236,15 +212,43 @@ def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
     if template is None and (d / "chat_template.jinja").is_file():
         template = (d / "chat_template.jinja").read_text(encoding="utf-8")
     bos, eos = _token_str(tc.get("bos_token")), _token_str(tc.get("eos_token"))
-    gen = _read_json(d / "generation_config.json")
-    eos_ids = gen.get("eos_token_id", cfg.eos_token_id)
+    eos_ids = _read_json(d / "generation_config.json").get("eos_token_id", cfg.eos_token_id)
     eos_ids = tuple([eos_ids] if isinstance(eos_ids, int) else eos_ids or ())
     if not eos_ids and eos is not None and tok.token_to_id(eos) is not None:
         eos_ids = (tok.token_to_id(eos),)
     add_bos = tc["add_bos_token"] if "add_bos_token" in tc else _post_processor_adds_bos(tok, bos)
-    gs = meta.get("group_size") if meta else None
     return Checkpoint(cfg, tensors, tok, template, bos, eos, tuple(int(i) for i in eos_ids), bool(add_bos),
-                      meta.get("source", label) if meta else label, gs, dict(meta.get("quant_errors", {})))
+                      source=meta.get("source", label) if meta else label,
+                      group_size=meta.get("group_size") if meta else None,
+                      quant_errors=dict(meta.get("quant_errors") or {}) if meta else {})
+
+
+def _read_weights(d: Path, dtype, q4: bool) -> dict[str, np.ndarray | Q4Tensor]:
+    """All tensors of a directory's safetensors files; with ``q4``, ``<name>.qweight/.scales/.offsets``
+    are reassembled into Q4Tensors (group size from the shapes)."""
+    if (d / "model.safetensors.index.json").is_file():
+        files = sorted(set(_read_json(d / "model.safetensors.index.json").get("weight_map", {}).values()))
+    elif (d / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        files = sorted(p.name for p in d.glob("*.safetensors"))
+    if not files:
+        hint = " (found PyTorch .bin weights; re-save with safe_serialization=True)" if any(d.glob("*.bin")) else ""
+        raise FileNotFoundError(f"{d} has no .safetensors weights{hint}")
+    raw: dict[str, np.ndarray] = {}
+    for f in files:
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"{d}/{f} is listed in model.safetensors.index.json but missing; re-download")
+        raw.update(read_safetensors(d / f))
+    tensors: dict[str, np.ndarray | Q4Tensor] = {}
+    for name, arr in raw.items():
+        base, _, part = name.rpartition(".")
+        if q4 and part == "qweight":
+            sc = raw[base + ".scales"].astype(np.float16)
+            tensors[base] = Q4Tensor(arr, sc, arr.shape[1] * 8 // sc.shape[1], raw.get(base + ".offsets"))
+        elif not (q4 and part in ("scales", "offsets")):
+            tensors[name] = arr.astype(dtype, copy=False) if arr.dtype.kind == "f" else arr
+    return tensors
 
 
 def _post_processor_adds_bos(tok: Tokenizer, bos: str | None) -> bool:
@@ -368,7 +372,7 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
                         tensors[n] = _take_rows(tensors[n], llama_cpp_unpermute_rows(cfg.head_dim * heads, heads))
     tensors = _check_names(cfg, tensors, str(path))
 
-    fields = {k: _field(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
+    fields = {k: gguf_value(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
     tok = tokenizer_from_gguf(fields)
     tokens = fields["tokenizer.ggml.tokens"]
     bos_id, eos_id = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
@@ -423,7 +427,8 @@ def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dt
                 if t.offsets is not None:
                     flat[name + ".offsets"] = np.ascontiguousarray(t.offsets, np.float32)
             else:
-                a = np.asarray(t, float_dtype)
+                with np.errstate(over="ignore"):
+                    a = np.asarray(t, float_dtype)
                 flat[name] = np.ascontiguousarray(a if np.isfinite(a).all() else np.asarray(t, np.float32))
         save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         errs = ckpt.quant_errors

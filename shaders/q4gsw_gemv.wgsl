@@ -37,12 +37,23 @@ struct Params { N: u32, K: u32, _a: u32, _b: u32 }
 const ROWS_PER_WG: u32 = (WG / TPR) * R;
 var<workgroup> red: array<f32, WG * R>;
 
-// Σ_i nibble_i · x_i for the 8 nibbles of one word; xa = x[0..3], xb = x[4..7].
-fn dot8(word: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-    let even = vec4<f32>(unpack4xU8(word & 0x0F0F0F0Fu));          // elements 0, 2, 4, 6
-    let odd = vec4<f32>(unpack4xU8((word >> 4u) & 0x0F0F0F0Fu));    // elements 1, 3, 5, 7
-    return dot(even, vec4<f32>(xa.x, xa.z, xb.x, xb.z)) + dot(odd, vec4<f32>(xa.y, xa.w, xb.y, xb.w));
+// Dequantization without int→float conversions (a quarter-rate instruction on NVIDIA):
+// OR-ing a nibble n into the top mantissa bits of 1.0 gives the float 1 + n/16 exactly, so
+// Σ_i x_i·q_i = Σ_i x_i·(n_i − 8) = 16·Σ_i x_i·f_i − 24·Σ_i x_i with f_i = 1 + n_i/16.
+// dot8 returns Σ_i x_i·f_i over the 8 nibbles of one word; xa = x[0..3], xb = x[4..7].
+fn nib(word: u32, i: u32) -> f32 {
+    return bitcast<f32>(((word << (19u - 4u * i)) & 0x00780000u) | 0x3F800000u);
 }
+fn nib0(word: u32) -> f32 { return bitcast<f32>(((word << 19u) & 0x00780000u) | 0x3F800000u); }
+fn nibr(word: u32, i: u32) -> f32 {   // i >= 5: shift right instead of left
+    return bitcast<f32>(((word >> (4u * i - 19u)) & 0x00780000u) | 0x3F800000u);
+}
+fn dot8(w: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let lo = vec4<f32>(nib0(w), nib(w, 1u), nib(w, 2u), nib(w, 3u));
+    let hi = vec4<f32>(nib(w, 4u), nibr(w, 5u), nibr(w, 6u), nibr(w, 7u));
+    return dot(lo, xa) + dot(hi, xb);
+}
+
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -62,20 +73,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var r = 0u; r < R; r++) { acc[r] = 0.0; }
 
     for (var c = lane; c < nch; c += TPR) {
+        let g = (c * 32u) / GS;
         var xv: array<vec4<f32>, 8>;
-        var xs = vec4<f32>(0.0);
+        var xs4 = vec4<f32>(0.0);
         for (var i = 0u; i < 8u; i++) {
             xv[i] = vec4<f32>(x[c * 8u + i]);
-            xs += xv[i];
+            xs4 += xv[i];
         }
-        let xsum = xs.x + xs.y + xs.z + xs.w;
-        let g = (c * 32u) / GS;
+        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;
         for (var r = 0u; r < R; r++) {
             let row = min(row0 + r, N - 1u);
             let q = w[row * nch + c];
             let d = dot8(q.x, xv[0], xv[1]) + dot8(q.y, xv[2], xv[3])
                   + dot8(q.z, xv[4], xv[5]) + dot8(q.w, xv[6], xv[7]);
-            var t = f32(sc[row * gpr + g]) * (d - 8.0 * xsum);
+            var t = f32(sc[row * gpr + g]) * (16.0 * d - 24.0 * xsum);
             if (HAS_OFFSETS) { t += off[row * gpr + g] * xsum; }
             acc[r] += t;
         }

@@ -35,9 +35,9 @@ def tok():
     return t
 
 
-def make_hf_dir(path: Path, tok, cls_name="LlamaConfig", dtype=torch.float32, shard=None, **kw) -> dict:
+def make_hf_dir(path: Path, tok, cls_name="LlamaConfig", dtype=torch.float32, shard=None, *, rng, **kw) -> dict:
     """A tiny random transformers checkpoint with tokenizer files; returns its float32 state dict."""
-    torch.manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    torch.manual_seed(int(rng.integers(2**31)))
     cfg = getattr(transformers, cls_name)(**{
         "vocab_size": tok.get_vocab_size(), "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
@@ -71,8 +71,8 @@ def assert_matches_state_dict(ckpt: Checkpoint, sd: dict, tied: bool):
     ("Qwen2Config", {}),
     ("Qwen3Config", {"tie_word_embeddings": True}),
 ])
-def test_hf_dir_matches_state_dict(tmp_path, tok, cls_name, kw):
-    sd = make_hf_dir(tmp_path, tok, cls_name, **kw)
+def test_hf_dir_matches_state_dict(tmp_path, rng, tok, cls_name, kw):
+    sd = make_hf_dir(tmp_path, tok, cls_name, **kw, rng=rng)
     ckpt = load_checkpoint(tmp_path)
     assert_matches_state_dict(ckpt, sd, tied=kw.get("tie_word_embeddings", False))
     cfg = ckpt.config
@@ -87,23 +87,22 @@ def test_hf_dir_matches_state_dict(tmp_path, tok, cls_name, kw):
         assert ckpt.tensors["model.layers.0.self_attn.q_norm.weight"].shape == (16,)
 
 
-def test_bf16_and_sharded(tmp_path, tok):
-    sd = make_hf_dir(tmp_path / "bf16", tok, dtype=torch.bfloat16)
+def test_bf16_and_sharded(tmp_path, rng, tok):
+    sd = make_hf_dir(tmp_path / "bf16", tok, dtype=torch.bfloat16, rng=rng)
     assert "BF16" in (tmp_path / "bf16" / "model.safetensors").read_bytes()[:4096].decode("latin1")
     ckpt = load_checkpoint(tmp_path / "bf16")
     assert_matches_state_dict(ckpt, sd, tied=False)  # bf16 -> f32 is exact
     half = load_checkpoint(tmp_path / "bf16", dtype=np.float16)
     assert half.tensors["model.norm.weight"].dtype == np.float16
 
-    sd = make_hf_dir(tmp_path / "sharded", tok, shard="40KB")
+    sd = make_hf_dir(tmp_path / "sharded", tok, shard="40KB", rng=rng)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
     assert_matches_state_dict(load_checkpoint(tmp_path / "sharded"), sd, tied=False)
 
 
-def test_read_safetensors_all_dtypes(tmp_path):
+def test_read_safetensors_all_dtypes(tmp_path, rng):
     from safetensors.numpy import save_file
-    rng = np.random.default_rng()
     arrs = {"f32": rng.standard_normal((3, 5)).astype(np.float32), "f16": rng.standard_normal(7).astype(np.float16),
             "i64": rng.integers(-9, 9, (2, 2)), "u8": rng.integers(0, 255, 4).astype(np.uint8)}
     save_file(arrs, str(tmp_path / "x.safetensors"))
@@ -116,7 +115,7 @@ def test_read_safetensors_all_dtypes(tmp_path):
     np.testing.assert_array_equal(loader.bf16_to_f32(bits), ref)
 
 
-def test_errors_say_what_to_do(tmp_path, tok):
+def test_errors_say_what_to_do(tmp_path, rng, tok):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_checkpoint(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -125,11 +124,11 @@ def test_errors_say_what_to_do(tmp_path, tok):
     with pytest.raises(ValueError, match=r"\.gguf"):
         load_checkpoint(tmp_path / "w.bin")
     d = tmp_path / "m"
-    make_hf_dir(d, tok)
+    make_hf_dir(d, tok, rng=rng)
     os.remove(d / "tokenizer.json")
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_checkpoint(d)
-    make_hf_dir(d, tok)
+    make_hf_dir(d, tok, rng=rng)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
     with pytest.raises(ValueError, match="missing 9 tensors"):
@@ -142,10 +141,10 @@ def test_errors_say_what_to_do(tmp_path, tok):
         load_checkpoint(d)
 
 
-def test_hub_id_from_offline_cache(tmp_path, tok):
+def test_hub_id_from_offline_cache(tmp_path, rng, tok):
     snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("ab" * 20)
     snap.mkdir(parents=True)
-    sd = make_hf_dir(snap, tok)
+    sd = make_hf_dir(snap, tok, rng=rng)
     np.save(tmp_path / "embed.npy", sd["model.embed_tokens.weight"])
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("ab" * 20)
@@ -241,9 +240,9 @@ def unpermute_reference(w, n_head):
                                               ("llama", "LlamaConfig", {"tie_word_embeddings": True}),
                                               ("qwen2", "Qwen2Config", {}),
                                               ("qwen3", "Qwen3Config", {"tie_word_embeddings": True})])
-def test_gguf_round_trip_undoes_llama_cpp_permutation(tmp_path, tok, arch, cls_name, kw):
+def test_gguf_round_trip_undoes_llama_cpp_permutation(tmp_path, rng, tok, arch, cls_name, kw):
     hf_dir = tmp_path / "hf"
-    sd = make_hf_dir(hf_dir, tok, cls_name, **kw)
+    sd = make_hf_dir(hf_dir, tok, cls_name, **kw, rng=rng)
     cfg = transformers.AutoConfig.from_pretrained(hf_dir)
     tied = cfg.tie_word_embeddings
     # layer 0 q/k stay F32 (exact check); layer 1 q/k/o and the MLP are q4 or other GGML types
@@ -281,9 +280,9 @@ def test_gguf_round_trip_undoes_llama_cpp_permutation(tmp_path, tok, arch, cls_n
         assert rel < 0.15, (name, rel)  # and it is the original weight, not a shuffled one
     assert ckpt.chat_template == CHAT and ckpt.eos_token == "<|im_end|>" and ckpt.eos_token_ids == (2,)
     assert not ckpt.add_bos and ckpt.group_size == 32
-    rng = random.Random(np.random.SeedSequence().entropy)
+    prng = random.Random(int(rng.integers(2**63)))
     for _ in range(10):
-        s = "".join(rng.choice(CORPUS[rng.randrange(4)]) for _ in range(40))
+        s = "".join(prng.choice(CORPUS[prng.randrange(4)]) for _ in range(40))
         assert ckpt.tokenizer.encode(s).ids == tok.encode(s).ids
 
 
@@ -316,8 +315,8 @@ def test_smollm2_gguf(smol):
 
 # ---- quantize, save, cache -----------------------------------------------------------------------
 
-def test_quantize_save_load_round_trip(tmp_path, tok):
-    make_hf_dir(tmp_path / "hf", tok, tie_word_embeddings=True)
+def test_quantize_save_load_round_trip(tmp_path, rng, tok):
+    make_hf_dir(tmp_path / "hf", tok, tie_word_embeddings=True, rng=rng)
     ckpt = load_checkpoint(tmp_path / "hf")
     q = quantize_checkpoint(ckpt, group_size=32, progress=False)
     assert q.group_size == 32 and "lm_head.weight" not in ckpt.tensors  # input untouched
@@ -359,8 +358,8 @@ def test_gguf_q4_1_offsets_survive_save(tmp_path, smol):
     assert back.config == smol.config and back.eos_token_ids == (2,)
 
 
-def test_save_is_atomic(tmp_path, tok, monkeypatch):
-    make_hf_dir(tmp_path / "hf", tok)
+def test_save_is_atomic(tmp_path, rng, tok, monkeypatch):
+    make_hf_dir(tmp_path / "hf", tok, rng=rng)
     q = quantize_checkpoint(load_checkpoint(tmp_path / "hf"), progress=False)
     import safetensors.numpy
 
@@ -382,11 +381,11 @@ def test_save_is_atomic(tmp_path, tok, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
 
 
-def test_load_cached_or_quantize(tmp_path, tok, monkeypatch):
+def test_load_cached_or_quantize(tmp_path, rng, tok, monkeypatch):
     monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
     assert loader.cache_dir() == tmp_path / "cache"
     src = tmp_path / "hf"
-    make_hf_dir(src, tok, intermediate_size=128)
+    make_hf_dir(src, tok, intermediate_size=128, rng=rng)
     first = load_cached_or_quantize(src, 32, progress=False)
     entries = list((tmp_path / "cache").iterdir())
     assert len(entries) == 1 and (entries[0] / "llmgpu.json").is_file()

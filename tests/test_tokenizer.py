@@ -20,10 +20,10 @@ def random_text(rng: random.Random, n: int) -> str:
 def smol():
     import gguf
 
-    from llmgpu.config import _field
+    from llmgpu.config import gguf_value
     from llmgpu.defaults import default_model_path
     reader = gguf.GGUFReader(default_model_path())
-    fields = {k: _field(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
+    fields = {k: gguf_value(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
     return tokenizer_from_gguf(fields), fields
 
 
@@ -59,16 +59,16 @@ def reference_smollm_encode(text, vocab, ranks):
     return ids
 
 
-def test_smollm2_gguf_tokenizer_matches_reference(smol):
+def test_smollm2_gguf_tokenizer_matches_reference(smol, rng):
     tok, fields = smol
     # Golden ids, confirmed with transformers' own GGUF tokenizer conversion.
     assert tok.encode("Hello world", add_special_tokens=False).ids == [19556, 905]
     assert tok.decode([19556, 905]) == "Hello world"
     vocab = {t: i for i, t in enumerate(fields["tokenizer.ggml.tokens"])}
     ranks = {tuple(m.split(" ", 1)): i for i, m in enumerate(fields["tokenizer.ggml.merges"])}
-    rng = random.Random(np.random.SeedSequence().entropy)
+    prng = random.Random(int(rng.integers(2**63)))
     for _ in range(30):
-        s = random_text(rng, rng.randint(1, 60))
+        s = random_text(prng, prng.randint(1, 60))
         ids = tok.encode(s, add_special_tokens=False).ids
         assert ids == reference_smollm_encode(s, vocab, ranks), s
         assert tok.decode(ids) == s
@@ -91,10 +91,10 @@ def test_encode_prompt_bos(smol):
 
 
 @pytest.mark.parametrize("trial", range(3))
-def test_incremental_detokenizer_never_emits_broken_utf8(smol, trial):
+def test_incremental_detokenizer_never_emits_broken_utf8(smol, rng, trial):
     tok, _ = smol
-    rng = random.Random(np.random.SeedSequence().entropy)
-    s = random_text(rng, 80) + "🙂"
+    prng = random.Random(int(rng.integers(2**63)))
+    s = random_text(prng, 80) + "🙂"
     ids = tok.encode(s, add_special_tokens=False).ids
     det = IncrementalDetokenizer(tok)
     pieces = [det.add(i) for i in ids]
@@ -167,13 +167,13 @@ TRICKY_TEMPLATE = """{%- if messages[0]['role'] == 'system' %}
 
 
 @pytest.mark.parametrize("add_gen", [True, False])
-def test_render_chat_matches_transformers(smol, add_gen):
+def test_render_chat_matches_transformers(smol, rng, add_gen):
     transformers = pytest.importorskip("transformers")
     tok, fields = smol
-    rng = random.Random(np.random.SeedSequence().entropy)
-    msgs = [{"role": "system", "content": random_text(rng, 20)}]
-    for i in range(rng.randint(1, 8)):
-        msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": " " + random_text(rng, 30) + " "})
+    prng = random.Random(int(rng.integers(2**63)))
+    msgs = [{"role": "system", "content": random_text(prng, 20)}]
+    for i in range(prng.randint(1, 8)):
+        msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": " " + random_text(prng, 30) + " "})
     for template in (TRICKY_TEMPLATE, fields["tokenizer.chat_template"]):
         hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
                                                   eos_token="<|im_end|>", chat_template=template)
