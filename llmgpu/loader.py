@@ -56,7 +56,7 @@ class Checkpoint:
     eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
     add_bos: bool = False  # prompts start with BOS (see tokenizer.encode_prompt)
     source: str = ""
-    group_size: int | None = None  # q4gsw group size of quantized linears, None if all float
+    group_size: int | None = None  # shared by all Q4Tensors (None: no Q4, or mixed; each carries its own)
     quant_errors: dict[str, float] = field(default_factory=dict)  # relative Frobenius error per tensor
 
     @property
@@ -64,6 +64,11 @@ class Checkpoint:
         if self.bos_token is not None and (i := self.tokenizer.token_to_id(self.bos_token)) is not None:
             return i
         return self.config.bos_token_id
+
+
+def common_group_size(tensors: dict) -> int | None:
+    sizes = {t.group_size for t in tensors.values() if isinstance(t, Q4Tensor)}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def is_linear(name: str) -> bool:
@@ -219,7 +224,7 @@ def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
     add_bos = tc["add_bos_token"] if "add_bos_token" in tc else _post_processor_adds_bos(tok, bos)
     return Checkpoint(cfg, tensors, tok, template, bos, eos, tuple(int(i) for i in eos_ids), bool(add_bos),
                       source=meta.get("source", label) if meta else label,
-                      group_size=meta.get("group_size") if meta else None,
+                      group_size=common_group_size(tensors),
                       quant_errors=dict(meta.get("quant_errors") or {}) if meta else {})
 
 
@@ -377,7 +382,7 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
     tokens = fields["tokenizer.ggml.tokens"]
     bos_id, eos_id = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
     add_bos = fields.get("tokenizer.ggml.add_bos_token", fields.get("tokenizer.ggml.model") == "llama")
-    gs = 32 if any(isinstance(v, Q4Tensor) for v in tensors.values()) else None
+    gs = common_group_size(tensors)
     return Checkpoint(cfg, tensors, tok, fields.get("tokenizer.chat_template"),
                       tokens[bos_id] if bos_id is not None else None,
                       tokens[eos_id] if eos_id is not None else None,
@@ -404,7 +409,7 @@ def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, 
             tensors[name], errors[name] = quantize(w, group_size)
         except ValueError as e:
             raise ValueError(f"cannot quantize {name} {tuple(w.shape)}: {e}") from None
-    return dataclasses.replace(ckpt, tensors=tensors, group_size=group_size, quant_errors=errors)
+    return dataclasses.replace(ckpt, tensors=tensors, group_size=common_group_size(tensors), quant_errors=errors)
 
 
 def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dtype=np.float16) -> Path:

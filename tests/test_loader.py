@@ -328,6 +328,11 @@ def test_quantize_save_load_round_trip(tmp_path, rng, tok):
                                atol=0.6)
     again = quantize_checkpoint(q, group_size=64, progress=False)
     assert all(again.tensors[n] is q.tensors[n] for n in q.tensors if isinstance(q.tensors[n], Q4Tensor))
+    assert again.group_size == 32  # nothing left to quantize at 64
+    name = "model.layers.0.self_attn.q_proj.weight"
+    mixed = quantize_checkpoint(Checkpoint(**{**q.__dict__, "tensors": {**q.tensors, name: ckpt.tensors[name]}}),
+                                group_size=64, progress=False)
+    assert mixed.tensors[name].group_size == 64 and mixed.group_size is None
 
     out = save_q4_checkpoint(q, tmp_path / "q4")
     meta = json.loads((out / "llmgpu.json").read_text())
