@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import struct
 import tempfile
@@ -422,7 +423,8 @@ def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dt
 
     out = Path(out_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # (not mkdtemp: its 0700 would ignore the umask)
     try:
         flat: dict[str, np.ndarray] = {}
         for name, t in ckpt.tensors.items():
@@ -436,6 +438,7 @@ def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dt
                     a = np.asarray(t, float_dtype)
                 flat[name] = np.ascontiguousarray(a if np.isfinite(a).all() else np.asarray(t, np.float32))
         save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        os.chmod(tmp / "model.safetensors", tmp.stat().st_mode & 0o666)  # umask, like the json files
         errs = ckpt.quant_errors
         files = {
             "config.json": ckpt.config.to_hf(),
