@@ -90,6 +90,39 @@ class Q4Linear:
                 off))
 
 
+def gemv_snippets(R: int) -> dict:
+    """Unrolled code for q4gsw_gemv.wgsl: R accumulators, 8 activation vectors per chunk."""
+    body = []
+    for i in range(8):
+        body.append(f"        let x{i} = vec4<f32>(x[xb + {i}u]);")
+    body.append("        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));")
+    body.append("        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;")
+    for r in range(R):
+        body.append(f"        let q{r} = w[min(row0 + {r}u, N - 1u) * nch + c];")
+    for r in range(R):
+        body.append(f"        let d{r} = (dot8(q{r}.x, x0, x1) + dot8(q{r}.y, x2, x3)) + "
+                    f"(dot8(q{r}.z, x4, x5) + dot8(q{r}.w, x6, x7));")
+        body.append(f"        let gi{r} = min(row0 + {r}u, N - 1u) * gpr + g;")
+        body.append(f"        acc{r} += f32(sc[gi{r}]) * (16.0 * d{r} - 24.0 * xsum);")
+        body.append(f"        if (HAS_OFFSETS) {{ acc{r} += off[gi{r}] * xsum; }}")
+    out = []
+    for r in range(R):
+        out.append(f"        if (row0 + {r}u < N) {{")
+        out.append(f"            var s = 0.0;")
+        out.append(f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}")
+        out.append(f"            if (RESIDUAL) {{ s += f32(y[row0 + {r}u]); }}")
+        out.append(f"            y[row0 + {r}u] = act_t(s);")
+        out.append("        }")
+    return {
+        "DECL": "\n".join(f"    var acc{r} = 0.0;" for r in range(R)),
+        "BODY": "\n".join(body),
+        "SGADD": "\n".join(f"            acc{r} = subgroupAdd(acc{r});" for r in range(R)),
+        "SGXOR": "\n".join(f"                acc{r} += subgroupShuffleXor(acc{r}, o);" for r in range(R)),
+        "RED": "\n".join(f"    red[{r}u * WG + lid] = acc{r};" for r in range(R)),
+        "OUT": "\n".join(out),
+    }
+
+
 def gemv_config(dev: Device, K: int) -> dict:
     """Workgroup shape of the GEMV for rows of length K (tuned on H100; see BENCHMARKS.md)."""
     chunks = K // 32
@@ -151,7 +184,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             cfg = dict(config or gemv_config(dev, lin.K))
             cfg["SUBGROUPS"] = dev.has_subgroups
             pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **common},
-                                types={"act_t": t, "scale_t": scale_t})
+                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"]))
             rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
             params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
             esz = 2 if t == "f16" else 4

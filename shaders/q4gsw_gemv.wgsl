@@ -25,6 +25,9 @@
 // once with a 16-byte load; the 32 activations of a chunk are loaded once for the R rows.
 // Partial sums are reduced with subgroupAdd / subgroupShuffleXor (assumes subgroups are
 // consecutive invocations of the workgroup) or in workgroup memory.
+// llmgpu.kernels generates the //@ lines unrolled over the R rows and the 8 activation
+// vectors, so that accumulators and activations are named registers, never indexed arrays
+// (which a compiler may place in local memory: that cost 3x here).
 
 struct Params { N: u32, K: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
@@ -41,19 +44,15 @@ var<workgroup> red: array<f32, WG * R>;
 // OR-ing a nibble n into the top mantissa bits of 1.0 gives the float 1 + n/16 exactly, so
 // Σ_i x_i·q_i = Σ_i x_i·(n_i − 8) = 16·Σ_i x_i·f_i − 24·Σ_i x_i with f_i = 1 + n_i/16.
 // dot8 returns Σ_i x_i·f_i over the 8 nibbles of one word; xa = x[0..3], xb = x[4..7].
-fn nib(word: u32, i: u32) -> f32 {
-    return bitcast<f32>(((word << (19u - 4u * i)) & 0x00780000u) | 0x3F800000u);
-}
-fn nib0(word: u32) -> f32 { return bitcast<f32>(((word << 19u) & 0x00780000u) | 0x3F800000u); }
-fn nibr(word: u32, i: u32) -> f32 {   // i >= 5: shift right instead of left
-    return bitcast<f32>(((word >> (4u * i - 19u)) & 0x00780000u) | 0x3F800000u);
-}
 fn dot8(w: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-    let lo = vec4<f32>(nib0(w), nib(w, 1u), nib(w, 2u), nib(w, 3u));
-    let hi = vec4<f32>(nib(w, 4u), nibr(w, 5u), nibr(w, 6u), nibr(w, 7u));
+    let m = 0x00780000u;
+    let one = 0x3F800000u;
+    let lo = vec4<f32>(bitcast<f32>(((w << 19u) & m) | one), bitcast<f32>(((w << 15u) & m) | one),
+                       bitcast<f32>(((w << 11u) & m) | one), bitcast<f32>(((w << 7u) & m) | one));
+    let hi = vec4<f32>(bitcast<f32>(((w << 3u) & m) | one), bitcast<f32>(((w >> 1u) & m) | one),
+                       bitcast<f32>(((w >> 5u) & m) | one), bitcast<f32>(((w >> 9u) & m) | one));
     return dot(lo, xa) + dot(hi, xb);
 }
-
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -69,54 +68,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let rg = lid / TPR;
     let row0 = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + rg * R;
 
-    var acc: array<f32, R>;
-    for (var r = 0u; r < R; r++) { acc[r] = 0.0; }
-
+//@DECL
     for (var c = lane; c < nch; c += TPR) {
         let g = (c * 32u) / GS;
-        var xv: array<vec4<f32>, 8>;
-        var xs4 = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            xv[i] = vec4<f32>(x[c * 8u + i]);
-            xs4 += xv[i];
-        }
-        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;
-        for (var r = 0u; r < R; r++) {
-            let row = min(row0 + r, N - 1u);
-            let q = w[row * nch + c];
-            let d = dot8(q.x, xv[0], xv[1]) + dot8(q.y, xv[2], xv[3])
-                  + dot8(q.z, xv[4], xv[5]) + dot8(q.w, xv[6], xv[7]);
-            var t = f32(sc[row * gpr + g]) * (16.0 * d - 24.0 * xsum);
-            if (HAS_OFFSETS) { t += off[row * gpr + g] * xsum; }
-            acc[r] += t;
-        }
+        let xb = c * 8u;
+//@BODY
     }
 
     var step = 1u;
 //#if SUBGROUPS
     {
         if (sg_size <= TPR) {
-            for (var r = 0u; r < R; r++) { acc[r] = subgroupAdd(acc[r]); }
+//@SGADD
             step = sg_size;
         } else {
             for (var o = TPR / 2u; o > 0u; o /= 2u) {
-                for (var r = 0u; r < R; r++) { acc[r] += subgroupShuffleXor(acc[r], o); }
+//@SGXOR
             }
             step = TPR;
         }
     }
 //#endif
-    for (var r = 0u; r < R; r++) { red[r * WG + lid] = acc[r]; }
+//@RED
     workgroupBarrier();
     if (lane == 0u) {
-        for (var r = 0u; r < R; r++) {
-            let row = row0 + r;
-            if (row < N) {
-                var s = 0.0;
-                for (var i = 0u; i < TPR; i += step) { s += red[r * WG + lid + i]; }
-                if (RESIDUAL) { s += f32(y[row]); }
-                y[row] = act_t(s);
-            }
-        }
+//@OUT
     }
 }

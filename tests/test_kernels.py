@@ -66,7 +66,7 @@ def test_gemm_also_serves_m1_and_gemv_refuses_m2(dev, rng):
         linear(dev, Q4Linear(dev, t), None, None, 2, force="gemv")
 
 
-@pytest.mark.parametrize("config", [dict(WG=64, TPR=8, R=1), dict(WG=256, TPR=64, R=4),
+@pytest.mark.parametrize("config", [dict(WG=64, TPR=8, R=1), dict(WG=256, TPR=64, R=4), dict(WG=64, TPR=64, R=8),
                                     dict(WG=128, TPR=128, R=2)])
 def test_gemv_workgroup_shapes(dev, rng, config):
     for N, K in [(31, 256), (300, 1024)]:
