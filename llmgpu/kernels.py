@@ -90,37 +90,65 @@ class Q4Linear:
                 off))
 
 
-def gemv_snippets(R: int) -> dict:
-    """Unrolled code for q4gsw_gemv.wgsl: R accumulators, 8 activation vectors per chunk."""
-    body = []
-    for i in range(8):
-        body.append(f"        let x{i} = vec4<f32>(x[xb + {i}u]);")
-    body.append("        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));")
-    body.append("        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;")
-    for r in range(R):
-        body.append(f"        let q{r} = w[min(row0 + {r}u, N - 1u) * nch + c];")
-    for r in range(R):
-        body.append(f"        let d{r} = (dot8(q{r}.x, x0, x1) + dot8(q{r}.y, x2, x3)) + "
-                    f"(dot8(q{r}.z, x4, x5) + dot8(q{r}.w, x6, x7));")
-        body.append(f"        let gi{r} = min(row0 + {r}u, N - 1u) * gpr + g;")
-        body.append(f"        acc{r} += f32(sc[gi{r}]) * (16.0 * d{r} - 24.0 * xsum);")
-        body.append(f"        if (HAS_OFFSETS) {{ acc{r} += off[gi{r}] * xsum; }}")
+def gemv_snippets(R: int, q8: bool = False) -> dict:
+    """Unrolled code for q4gsw_gemv.wgsl: R named accumulators and the chunk's activations."""
+    row = lambda r: f"min(row0 + {r}u, N - 1u)"  # noqa: E731  (clamped: loads stay in bounds)
+    body = [f"        let q{r} = w[{row(r)} * nch + c];" for r in range(R)]
+    body += [f"        let gi{r} = {row(r)} * gpr + g;" for r in range(R)]
+    if q8:  # int8 activations: integer dot products, one float multiply per row-chunk
+        body += ["        let xa = x[2u * c];", "        let xb2 = x[2u * c + 1u];", "        let dx = xd[c];"]
+        for r in range(R):
+            body.append(f"        acc{r} += f32(sc[gi{r}]) * dx.x * f32(idot32(q{r}, xa, xb2) - i32(dx.y));")
+            body.append(f"        if (HAS_OFFSETS) {{ acc{r} += off[gi{r}] * dx.x * (dx.y / 8.0); }}")
+    else:
+        body += [f"        let x{i} = vec4<f32>(x[xb + {i}u]);" for i in range(8)]
+        body += ["        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));",
+                 "        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;"]
+        for r in range(R):
+            body.append(f"        let d{r} = (dot8(q{r}.x, x0, x1) + dot8(q{r}.y, x2, x3)) + "
+                        f"(dot8(q{r}.z, x4, x5) + dot8(q{r}.w, x6, x7));")
+            body.append(f"        acc{r} += f32(sc[gi{r}]) * (16.0 * d{r} - 24.0 * xsum);")
+            body.append(f"        if (HAS_OFFSETS) {{ acc{r} += off[gi{r}] * xsum; }}")
     out = []
     for r in range(R):
-        out.append(f"        if (row0 + {r}u < N) {{")
-        out.append(f"            var s = 0.0;")
-        out.append(f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}")
-        out.append(f"            if (RESIDUAL) {{ s += f32(y[row0 + {r}u]); }}")
-        out.append(f"            y[row0 + {r}u] = act_t(s);")
-        out.append("        }")
+        out += [f"        if (row0 + {r}u < N) {{",
+                "            var s = 0.0;",
+                f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}",
+                f"            if (RESIDUAL) {{ s += f32(y[row0 + {r}u]); }}",
+                f"            y[row0 + {r}u] = act_t(s);",
+                "        }"]
+    lines = lambda f: "\n".join(f(r) for r in range(R))  # noqa: E731
     return {
-        "DECL": "\n".join(f"    var acc{r} = 0.0;" for r in range(R)),
+        "DECL": lines(lambda r: f"    var acc{r} = 0.0;"),
         "BODY": "\n".join(body),
-        "SGADD": "\n".join(f"            acc{r} = subgroupAdd(acc{r});" for r in range(R)),
-        "SGXOR": "\n".join(f"                acc{r} += subgroupShuffleXor(acc{r}, o);" for r in range(R)),
-        "RED": "\n".join(f"    red[{r}u * WG + lid] = acc{r};" for r in range(R)),
+        "SGADD": lines(lambda r: f"            acc{r} = subgroupAdd(acc{r});"),
+        "SGXOR": lines(lambda r: f"                acc{r} += subgroupShuffleXor(acc{r}, o);"),
+        "RED": lines(lambda r: f"    red[{r}u * WG + lid] = acc{r};"),
         "OUT": "\n".join(out),
     }
+
+
+@dataclass
+class Q8Act:
+    """Activations quantized to int8 per 32 values, the Q8 GEMV's input (quantize_q8.wgsl)."""
+
+    xq: object  # (M, K/4) u32: packed int8, even elements' bytes then odd, per 8 values
+    xd: object  # (M, K/32) vec2<f32>: (scale, 8 * sum of the block's int8 values)
+    K: int
+    M: int = 1
+
+
+def q8_act(dev: Device, K: int, M: int = 1, label: str = "q8") -> Q8Act:
+    return Q8Act(dev.buffer(size=M * K, label=f"{label}.xq"),
+                 dev.buffer(size=M * (K // 32) * 8, label=f"{label}.xd"), K, M)
+
+
+def quantize_q8(dev: Device, x, q: Q8Act, act: str | None = None) -> Op:
+    """Record x (M, K) → q (int8 per 32). x: a GPU buffer of `act` (default device) type."""
+    pipe = dev.pipeline("quantize_q8", consts={"WG": 64}, types={"act_t": act or act_type(dev)})
+    params = dev.uniform([q.M, q.K], label="quantize_q8.params")
+    bg = dev.bind_group(pipe, [params, x, q.xq, q.xd])
+    return Op(pipe, bg, dev.grid(-(-q.M * (q.K // 32) // 64)), keep=[params])
 
 
 def gemv_config(dev: Device, K: int) -> dict:
@@ -179,12 +207,16 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
     scale_t = act_type(dev)
     common = dict(GS=lin.group_size, HAS_OFFSETS=lin.has_offsets, RESIDUAL=residual)
     ops = []
+    q8 = isinstance(x, Q8Act)
+    if q8 and kind != "gemv":
+        raise ValueError("int8 (Q8) activations go through the GEMV only")
     for s in lin.slices:
         if kind == "gemv":
             cfg = dict(config or gemv_config(dev, lin.K))
             cfg["SUBGROUPS"] = dev.has_subgroups
+            cfg["Q8"] = q8
             pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **common},
-                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"]))
+                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"], q8))
             rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
             params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
             esz = 2 if t == "f16" else 4
@@ -202,13 +234,14 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             grid = (-(-s.n // cfg["BN"]), -(-M // cfg["BM"]), 1)
             if grid[1] > dev.max_groups:
                 raise ValueError(f"M={M} is too many rows for one GEMM dispatch; prefill in chunks")
-        bg = dev.bind_group(pipe, [params, x, s.qweight, s.scales, s.offsets, ybind])
+        binds = [params, x.xq if q8 else x, s.qweight, s.scales, s.offsets, ybind]
+        bg = dev.bind_group(pipe, binds + [x.xd] if q8 else binds)
         ops.append(Op(pipe, bg, grid, keep=[params]))
     return ops
 
 
 def run_linear(dev: Device, lin: Q4Linear, x: np.ndarray, *, residual: np.ndarray | None = None,
-               poison: bool = True, **kw) -> tuple[np.ndarray, list[Op]]:
+               poison: bool = True, q8: bool = False, **kw) -> tuple[np.ndarray, list[Op]]:
     """Convenience for tests and one-off use: upload x (M, K), run, read y (M, N) back."""
     x = np.atleast_2d(np.asarray(x))
     M, K = x.shape
@@ -223,6 +256,10 @@ def run_linear(dev: Device, lin: Q4Linear, x: np.ndarray, *, residual: np.ndarra
     else:
         y0 = np.zeros((M, lin.N), dtype=dt)
     yb = dev.buffer(y0, label="y")
+    pre = []
+    if q8:
+        xq = q8_act(dev, K, M)
+        pre, xb = [quantize_q8(dev, xb, xq)], xq
     ops = linear(dev, lin, xb, yb, M, residual=residual is not None, **kw)
-    submit(dev, ops)
+    submit(dev, pre + ops)
     return dev.read(yb, dt, (M, lin.N)).astype(np.float32), ops

@@ -146,6 +146,16 @@ def random_q4(N: int, K: int, group_size: int = DEFAULT_GROUP_SIZE, rng=None,
     return Q4Tensor(qw, s, group_size, o)
 
 
+def q8_activations(x: np.ndarray) -> np.ndarray:
+    """NumPy reference of quantize_q8.wgsl: x (M, K) → the dequantized int8 values d·q, per 32."""
+    x = np.asarray(x, dtype=np.float32)
+    b = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(b).max(axis=2, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(b * inv)
+    return (q * (amax / np.float32(127.0))).reshape(x.shape)
+
+
 # ---- GGUF block formats -------------------------------------------------------------------
 
 def _q4_gguf_nibbles(qs: np.ndarray) -> np.ndarray:

@@ -113,3 +113,24 @@ def test_f32_activations_on_any_device(dev, rng):
         y = dev.read(yb, np.float32, (M, 70))
         ref = x.astype(np.float64) @ dequantize(t).astype(np.float64).T
         assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-5
+
+
+@pytest.mark.parametrize("gs", [32, 64, 128])
+def test_q8_gemv(dev, rng, gs):
+    """int8 activations: exact against the NumPy model of the int8 quantization, and close to
+    the float result (x rounded to 8 bits per 32 values: ~0.5 % relative error)."""
+    from llmgpu.quant import q8_activations
+    for N, K, off in [(33, 128, False), (257, 1152, True), (1000, 576, False)]:
+        if K % gs:
+            continue
+        t = random_q4(N, K, gs, rng, offsets=off)
+        x = rng.standard_normal((1, K)).astype(np.float32)
+        y, ops = run_linear(dev, Q4Linear(dev, t), x, q8=True)
+        assert [op.name for op in ops] == ["q4gsw_gemv:main"] and not np.isnan(y).any()
+        W = dequantize(t).astype(np.float64)
+        xd = x.astype(dev.act_dtype)
+        ref_q8 = q8_activations(xd).astype(np.float64) @ W.T
+        err = np.linalg.norm(y - ref_q8) / np.linalg.norm(ref_q8)
+        assert err < 2e-3 if dev.act_dtype == np.float16 else err < 1e-4, f"q8-exact error {err:.2e}"
+        ref = xd.astype(np.float64) @ W.T
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
