@@ -206,8 +206,12 @@ class Device:
 
     # -- shaders and pipelines --------------------------------------------------------------
     def _source(self, shader: str) -> str:
+        """The shader's text, with `//#include NAME` lines replaced by shaders/NAME.wgsl."""
         if shader not in self._sources:
-            self._sources[shader] = (shader_dir() / f"{shader}.wgsl").read_text()
+            lines = (shader_dir() / f"{shader}.wgsl").read_text().splitlines()
+            out = [self._source(t.strip()[11:].strip()) if t.strip().startswith("//#include ") else t
+                   for t in lines]
+            self._sources[shader] = "\n".join(out) + "\n"
         return self._sources[shader]
 
     def pipeline(self, shader: str, entry: str = "main", consts: dict | None = None,
@@ -240,9 +244,10 @@ class Device:
                 head.append(f"const {k}: u32 = {int(v)}u;")
             else:
                 head.append(f"const {k}: f32 = {float(v)!r};")
-        body = preprocess(self._source(shader), consts)
+        body = self._source(shader)
         for k, v in snippets.items():
             body = body.replace(f"//@{k}\n", v + "\n")
+        body = preprocess(body, consts)
         code = "\n".join(head) + "\n" + body
         try:
             module = self.device.create_shader_module(label=shader, code=code)
@@ -254,10 +259,12 @@ class Device:
         self._pipelines[key] = p
         return p
 
-    def bind_group(self, pipe: Pipeline, buffers: list):
-        """Bind buffers to bindings 0..n-1 of group 0 (entries may be (buffer, offset, size))."""
+    def bind_group(self, pipe: Pipeline, buffers):
+        """Bind buffers to group 0: a list (bindings 0..n-1) or a dict {binding: buffer};
+        an entry may be (buffer, offset, size)."""
         entries = []
-        for i, b in enumerate(buffers):
+        items = buffers.items() if isinstance(buffers, dict) else enumerate(buffers)
+        for i, b in items:
             if isinstance(b, tuple):
                 buf, off, size = b
                 entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})

@@ -59,16 +59,20 @@ class _Slice:
     qweight: object  # (n, K/8) u32
     scales: object  # (n, K/GS) scale_t
     offsets: object  # (n, K/GS) f32, or a 16-byte dummy
+    bias: object = None  # (n,) f32, or None
 
 
 class Q4Linear:
     """A q4gsw weight (N, K) resident on the GPU, split by rows to respect the binding limit."""
 
-    def __init__(self, dev: Device, t: Q4Tensor, label: str = "linear"):
+    def __init__(self, dev: Device, t: Q4Tensor, label: str = "linear", bias: np.ndarray | None = None):
         self.dev = dev
         self.N, self.K = t.shape
         self.group_size = t.group_size
         self.has_offsets = t.offsets is not None
+        self.has_bias = bias is not None
+        if bias is not None and np.shape(bias) != (self.N,):
+            raise ValueError(f"{label}: bias of shape {np.shape(bias)} for a weight with {self.N} rows")
         self.label = label
         self.nbytes = t.qweight.nbytes + t.scales.size * np.dtype(dev.act_dtype).itemsize
         if t.offsets is not None:
@@ -87,7 +91,8 @@ class Q4Linear:
                 n0, n1 - n0,
                 dev.buffer(t.qweight[n0:n1], label=f"{label}.qweight[{n0}:{n1}]"),
                 dev.buffer(scales[n0:n1], label=f"{label}.scales[{n0}:{n1}]"),
-                off))
+                off,
+                dev.buffer(np.asarray(bias[n0:n1], np.float32), label=f"{label}.bias") if bias is not None else None))
 
 
 def gemv_snippets(R: int, q8: bool = False) -> dict:
@@ -114,6 +119,9 @@ def gemv_snippets(R: int, q8: bool = False) -> dict:
         out += [f"        if (row0 + {r}u < N) {{",
                 "            var s = 0.0;",
                 f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}",
+                "//#if HAS_BIAS",
+                f"            s += bias[row0 + {r}u];",
+                "//#endif",
                 f"            if (RESIDUAL) {{ s += f32(y[row0 + {r}u]); }}",
                 f"            y[row0 + {r}u] = act_t(s);",
                 "        }"]
@@ -205,7 +213,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
     config = dict(config) if config else None
     t = (config or {}).pop("ACT", None) or act_type(dev)  # activations' type (f32 always works)
     scale_t = act_type(dev)
-    common = dict(GS=lin.group_size, HAS_OFFSETS=lin.has_offsets, RESIDUAL=residual)
+    common = dict(GS=lin.group_size, HAS_OFFSETS=lin.has_offsets, RESIDUAL=residual, HAS_BIAS=lin.has_bias)
     ops = []
     q8 = isinstance(x, Q8Act)
     if q8 and kind != "gemv":
@@ -234,8 +242,12 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             grid = (-(-s.n // cfg["BN"]), -(-M // cfg["BM"]), 1)
             if grid[1] > dev.max_groups:
                 raise ValueError(f"M={M} is too many rows for one GEMM dispatch; prefill in chunks")
-        binds = [params, x.xq if q8 else x, s.qweight, s.scales, s.offsets, ybind]
-        bg = dev.bind_group(pipe, binds + [x.xd] if q8 else binds)
+        binds = {0: params, 1: x.xq if q8 else x, 2: s.qweight, 3: s.scales, 4: s.offsets, 5: ybind}
+        if q8:
+            binds[6] = x.xd
+        if lin.has_bias:
+            binds[7] = s.bias
+        bg = dev.bind_group(pipe, binds)
         ops.append(Op(pipe, bg, grid, keep=[params]))
     return ops
 

@@ -11,6 +11,7 @@
 //   const SUBGROUPS    reduce with subgroup operations (else workgroup memory only);
 //                      //#if SUBGROUPS blocks are dropped before compiling when false
 //   const RESIDUAL     y = residual + x·Wᵀ (residual read from y itself before writing)
+//   const HAS_BIAS     y += bias (binding 7)
 //   const Q8           activations arrive quantized to int8 per 32 (quantize_q8.wgsl), and
 //                      the dot products run on packed 4×8-bit integer dot instructions:
 //                      about 1.6 ALU operations per weight byte instead of 7
@@ -21,6 +22,7 @@
 //                  or, when Q8, array<vec4<u32>> (K/16): int8 x, per 8 values the even
 //                  elements' bytes then the odd elements' (matching the nibble masks)
 //   6 storage  xd  array<vec2<f32>>    (K/32)          when Q8: (scale d, 8·Σ x_q) per 32
+//   7 storage  bias array<f32>         (N)             when HAS_BIAS
 //   2 storage  w   array<vec4<u32>>    (N, K/32)       packed weights: 32 values per load
 //   3 storage  sc  array<scale_t>      (N, K/GS)       scales
 //   4 storage  off array<f32>          (N, K/GS)       offsets (a dummy when !HAS_OFFSETS)
@@ -47,6 +49,9 @@ struct Params { N: u32, K: u32, _a: u32, _b: u32 }
 @group(0) @binding(3) var<storage, read> sc: array<scale_t>;
 @group(0) @binding(4) var<storage, read> off: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<act_t>;
+//#if HAS_BIAS
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
+//#endif
 
 const ROWS_PER_WG: u32 = (WG / TPR) * R;
 var<workgroup> red: array<f32, WG * R>;

@@ -141,3 +141,20 @@ def test_q8_gemv(dev, rng, gs):
         assert err < max(TOL[dev.act_dtype], 1e-3), f"q8-exact error {err:.2e}"  # rounding ties may differ
         ref = xd.astype(np.float64) @ W.T
         assert rel_err(y, ref, x, t) < 1e-2
+
+
+@pytest.mark.parametrize("M", [1, 4])
+def test_bias_epilogue(dev, rng, M):
+    t = random_q4(300, 256, 32, rng)
+    b = rng.standard_normal(300).astype(np.float32)
+    x = rng.standard_normal((M, 256))
+    dev.max_binding, saved = 256 * 128 * 2, dev.max_binding  # force two slices (bias offsets too)
+    try:
+        lin = Q4Linear(dev, t, bias=b)
+    finally:
+        dev.max_binding = saved
+    assert len(lin.slices) == 2
+    for q8 in ((False, True) if M == 1 else (False,)):
+        y, _ = run_linear(dev, lin, x, q8=q8)
+        ref = reference(dev, t, x) + b
+        assert rel_err(y, ref, x, t) < (1e-2 if q8 else TOL[dev.act_dtype])
