@@ -228,7 +228,8 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
             params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
             esz = 2 if t == "f16" else 4
-            ybind = (y, s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
+            ybuf, yoff = (y[0], y[1]) if isinstance(y, tuple) else (y, 0)  # (buffer, byte offset, size)
+            ybind = (ybuf, yoff + s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
             grid = dev.grid(-(-s.n // rows_per_wg))
         else:
             cfg = dict(config or gemm_config(dev, M))
@@ -238,7 +239,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
                                 types={"act_t": t, "scale_t": scale_t},
                                 snippets=gemm_snippets(cfg["TM"], cfg["TN"]))
             params = dev.uniform([M, s.n, lin.K, lin.N, s.n0], label=f"{lin.label}.gemm.params")
-            ybind = y
+            ybind = y  # may be (buffer, byte offset, size)
             grid = (-(-s.n // cfg["BN"]), -(-M // cfg["BM"]), 1)
             if grid[1] > dev.max_groups:
                 raise ValueError(f"M={M} is too many rows for one GEMM dispatch; prefill in chunks")

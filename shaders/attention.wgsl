@@ -1,0 +1,87 @@
+// Causal grouped-query attention of M new queries over the KV cache (prefill and decode).
+//
+// Prepended: alias cache_t (f16 | f32); const WG (a multiple of hd/4).
+// Bindings (group 0):
+//   0 uniform  P: M, n_heads, n_kv, hd, max_seq, scale (f32 bits)
+//   1 uniform  S: pos0 — cache position of query row 0
+//   2 storage  q    array<vec4<f32>>      (M, n_heads, hd/4)
+//   3 storage  kc   array<vec4<cache_t>>  (max_seq, n_kv, hd/4)
+//   4 storage  vc   array<vec4<cache_t>>  (max_seq, n_kv, hd/4)
+//   5 storage  sc   array<f32>            (M·n_heads, max_seq)   scratch: scores, then weights
+//   6 storage  out  array<vec4<f32>>      (M, n_heads, hd/4)
+// Workgroup (h, m) attends query row m of head h over cache positions 0 ..= pos0 + m, with the
+// key/value head h / (n_heads / n_kv): scores (one key per invocation), max and sum by tree
+// reductions, then hd/4 lanes × (WG·4/hd) position groups accumulate the weighted values.
+
+struct Params { M: u32, n_heads: u32, n_kv: u32, hd: u32, max_seq: u32, scale: f32 }
+struct Step { pos0: u32, _a: u32, _b: u32, _c: u32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<uniform> S: Step;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> kc: array<vec4<cache_t>>;
+@group(0) @binding(4) var<storage, read> vc: array<vec4<cache_t>>;
+@group(0) @binding(5) var<storage, read_write> sc: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+
+var<workgroup> qs: array<vec4<f32>, 64>;     // hd ≤ 256
+var<workgroup> red: array<f32, WG>;
+var<workgroup> acc: array<vec4<f32>, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let m = wid.y;
+    let d4 = P.hd / 4u;
+    let j = h / (P.n_heads / P.n_kv);
+    let L = S.pos0 + m + 1u;
+    let sbase = (m * P.n_heads + h) * P.max_seq;
+    let qbase = (m * P.n_heads + h) * d4;
+    for (var i = lid; i < d4; i += WG) { qs[i] = q[qbase + i] * P.scale; }
+    workgroupBarrier();
+
+    var mx = -3.0e38;
+    for (var t = lid; t < L; t += WG) {
+        let kb = (t * P.n_kv + j) * d4;
+        var s = 0.0;
+        for (var i = 0u; i < d4; i++) { s += dot(qs[i], vec4<f32>(kc[kb + i])); }
+        sc[sbase + t] = s;
+        mx = max(mx, s);
+    }
+    red[lid] = mx;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+        workgroupBarrier();
+    }
+    let gmax = red[0];
+    workgroupBarrier();
+    var sum = 0.0;
+    for (var t = lid; t < L; t += WG) {
+        let p = exp(sc[sbase + t] - gmax);
+        sc[sbase + t] = p;
+        sum += p;
+    }
+    red[lid] = sum;
+    storageBarrier();
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = red[0];
+
+    let lane = lid % d4;
+    let tg = lid / d4;
+    let ngroups = WG / d4;
+    var a = vec4<f32>(0.0);
+    for (var t = tg; t < L; t += ngroups) {
+        a += sc[sbase + t] * vec4<f32>(vc[(t * P.n_kv + j) * d4 + lane]);
+    }
+    acc[lid] = a;
+    workgroupBarrier();
+    if (tg == 0u) {
+        var o = acc[lane];
+        for (var g = 1u; g < ngroups; g++) { o += acc[g * d4 + lane]; }
+        out[qbase + lane] = o / total;
+    }
+}
