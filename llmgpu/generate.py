@@ -1,0 +1,191 @@
+"""The generation loop: prefill the prompt once, then decode one token at a time.
+
+:func:`generate_step` yields token ids; :func:`stream_text` turns them into text pieces (always whole
+UTF-8 characters), stops at an end-of-sequence token or a stop string, and fills a
+:class:`GenerationStats`.
+
+Context: a prompt longer than the model's context (``model.max_seq``) is an error raised before any
+work. ``max_tokens`` that would run past the context are not an error: generation stops when the
+context is full, with ``finish_reason == "context"`` (the last token needs no cache slot, so a prompt
+of L tokens leaves room for ``max_seq - L + 1`` new ones).
+
+Cache reuse: :func:`generate_step` can keep the first ``cached`` prompt tokens that are already in
+the model's KV cache. What it leaves in each model's cache is recorded here (:func:`cached_prefix`
+reads it), so a chat can prefill only what is new since its last turn. Calling ``model.reset``,
+``truncate``, ``prefill``, ``decode`` or ``logits`` directly makes the record stale: call
+:func:`forget_cache` after doing that.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .sample import Sampler
+from .tokenizer import IncrementalDetokenizer
+
+# model -> the token ids generate_step left in its KV cache (checked against model.pos before use)
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0  # tokens of the prompt, including those reused from the cache
+    cached_tokens: int = 0  # of which reused from the KV cache (not prefilled again)
+    prefill_s: float = 0.0  # prefill of the new prompt tokens and the first sample
+    new_tokens: int = 0  # tokens sampled (an end-of-sequence token included)
+    decode_s: float = 0.0  # the decode calls and the sampling after each
+    decode_calls: int = 0
+    finish_reason: str = ""  # "eos" | "stop" (a stop string) | "length" (max_tokens) | "context" | "" (cut off)
+
+    @property
+    def prefill_tps(self) -> float:
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return self.decode_calls / self.decode_s if self.decode_s > 0 else 0.0
+
+    def summary(self, device: str = "") -> str:
+        """One line: adapter, prompt tokens and prefill speed, new tokens and decode speed."""
+        cached = f" ({self.cached_tokens} cached)" if self.cached_tokens else ""
+        head = f"{device} | " if device else ""
+        return (f"{head}prompt {self.prompt_tokens} tokens{cached}, {self.prefill_tps:.1f} t/s | "
+                f"generated {self.new_tokens} tokens, {self.decode_tps:.1f} t/s")
+
+
+def cached_prefix(model, ids: Sequence[int]) -> int:
+    """How many leading ``ids`` the model's KV cache already holds (as left by :func:`generate_step`)."""
+    held = _CACHE.get(model)
+    if held is None or len(held) != model.pos:
+        return 0
+    n = 0
+    for a, b in zip(held, ids):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def forget_cache(model) -> None:
+    """Drop the record of what is in ``model``'s cache (after using the model directly)."""
+    _CACHE.pop(model, None)
+
+
+def check_context(model, n_prompt: int) -> None:
+    if n_prompt == 0:
+        raise ValueError("the prompt is empty; give at least one token")
+    if n_prompt > model.max_seq:
+        raise ValueError(f"the prompt has {n_prompt} tokens, more than the context of {model.max_seq}; "
+                         "shorten the prompt or load the model with a larger context (--ctx / max_seq)")
+
+
+def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens: int, *,
+                  cached: int = 0, stats: GenerationStats | None = None) -> Iterator[int]:
+    """Yield up to ``max_tokens`` sampled token ids that continue ``prompt_ids``.
+
+    The first ``cached`` prompt ids must be in the model's KV cache already; the rest of the cache is
+    dropped, the remaining prompt is prefilled in one call, then each token is decoded as the
+    consumer asks for the next one (the last one yielded is never decoded). Stopping early (``break``)
+    is fine. ``stats`` (if given) is filled in as it goes.
+    """
+    prompt = [int(t) for t in prompt_ids]
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    check_context(model, len(prompt))
+    cached = max(0, min(int(cached), len(prompt) - 1))  # prefill >= 1 token: its logits start us off
+    st = stats if stats is not None else GenerationStats()
+    st.prompt_tokens, st.cached_tokens = len(prompt), cached
+    history = list(prompt)
+    _CACHE.pop(model, None)
+    try:
+        t0 = time.perf_counter()
+        model.truncate(cached) if cached else model.reset()
+        logits = model.prefill(prompt[cached:])
+        token = sampler(logits, history)
+        st.prefill_s = time.perf_counter() - t0
+        while True:
+            st.new_tokens += 1
+            history.append(token)
+            yield token
+            if st.new_tokens >= max_tokens:
+                st.finish_reason = "length"
+                return
+            if model.pos >= model.max_seq:
+                st.finish_reason = "context"
+                return
+            t0 = time.perf_counter()
+            logits = model.decode(token)
+            token = sampler(logits, history)
+            st.decode_s += time.perf_counter() - t0
+            st.decode_calls += 1
+    finally:
+        # all of history but the last sampled token went into the cache (unless a call failed)
+        if model.pos <= len(history):
+            _CACHE[model] = history[:model.pos]
+
+
+def stop_index(text: str, stops: Sequence[str]) -> int:
+    """Where the earliest stop string starts in ``text`` (-1 if none)."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def partial_stop(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is the start of a stop string (to hold back)."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def stream_text(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens: int, *,
+                stop: str | Sequence[str] | None = None, cached: int = 0, stats: GenerationStats | None = None,
+                token_ids: list[int] | None = None) -> Iterator[str]:
+    """Yield the text of the continuation of ``prompt_ids`` in pieces, each whole UTF-8 characters.
+
+    Ends at an end-of-sequence token (``model.ckpt.eos_token_ids``; not shown), at the first stop
+    string (the text ends just before it; text that might begin a stop string is held back until it
+    is clear), or after ``max_tokens`` tokens. Sampled ids are appended to ``token_ids`` if given.
+    """
+    stops = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
+    eos = set(model.ckpt.eos_token_ids)
+    detok = IncrementalDetokenizer(model.ckpt.tokenizer)
+    st = stats if stats is not None else GenerationStats()
+    pending = ""
+    steps = generate_step(model, prompt_ids, sampler, max_tokens, cached=cached, stats=st)
+    try:
+        for token in steps:
+            if token_ids is not None:
+                token_ids.append(token)
+            if token in eos:
+                st.finish_reason = "eos"
+                break
+            pending += detok.add(token)
+            if stops:
+                i = stop_index(pending, stops)
+                if i >= 0:
+                    st.finish_reason = "stop"
+                    if i:
+                        yield pending[:i]
+                    return
+                hold = partial_stop(pending, stops)
+                out, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
+            else:
+                out, pending = pending, ""
+            if out:
+                yield out
+        else:
+            pending += detok.flush()  # only a character cut off by max_tokens (ends in U+FFFD)
+        if stops and (i := stop_index(pending, stops)) >= 0:
+            st.finish_reason = "stop"
+            pending = pending[:i]
+        if pending:
+            yield pending
+    finally:
+        steps.close()
