@@ -1,0 +1,238 @@
+"""`llmgpu bench`: prompt processing (pp) and token generation (tg) speed, llama-bench style.
+
+Each test runs after a warm-up and is repeated; the table shows mean ± sd tokens/s. Timing
+excludes tokenization and loading and waits for the GPU (every step reads its logits back, as
+generation with CPU sampling does). Each row also shows q4gsw bytes read per decoded token,
+the GB/s that implies, that as a % of the streaming-read bandwidth measured in the same run on
+the same adapter (the roofline), the CPU time spent encoding a decode step, and dispatches per
+token. `--profile` adds GPU time per kernel (timestamp queries) for one decode step.
+
+Shapes (`--shape NAME`, models/shapes.json) run with random q4gsw weights created directly in
+packed form, so an 8B shape starts in seconds; real checkpoints with `--model`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .config import ModelConfig
+from .gpu import Device
+from .kernels import submit
+from .loader import Checkpoint
+from .quant import random_q4
+from .shapes import get_shape
+
+
+def random_checkpoint(name: str, group_size: int = 32, rng=None) -> Checkpoint:
+    """A checkpoint of a named shape with random weights (no tokenizer; ids are random too)."""
+    rng = rng or np.random.default_rng(0)
+    s = {k: v for k, v in get_shape(name).items() if k != "hub_id"}
+    cfg = ModelConfig.from_hf(s)
+    d, ff, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    T: dict = {"model.embed_tokens.weight": (rng.standard_normal((V, d), np.float32) * 0.02).astype(np.float16),
+               "model.norm.weight": np.ones(d, np.float32),
+               "lm_head.weight": random_q4(V, d, group_size, rng)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        T[p + "input_layernorm.weight"] = np.ones(d, np.float32)
+        T[p + "post_attention_layernorm.weight"] = np.ones(d, np.float32)
+        for n, (rows, k) in {"q_proj": (cfg.q_dim, d), "k_proj": (cfg.kv_dim, d), "v_proj": (cfg.kv_dim, d),
+                             "o_proj": (d, cfg.q_dim)}.items():
+            T[p + f"self_attn.{n}.weight"] = random_q4(rows, k, group_size, rng)
+        for n, (rows, k) in {"gate_proj": (ff, d), "up_proj": (ff, d), "down_proj": (d, ff)}.items():
+            T[p + f"mlp.{n}.weight"] = random_q4(rows, k, group_size, rng)
+        if cfg.model_type == "qwen2":
+            for n, rows in (("q_proj", cfg.q_dim), ("k_proj", cfg.kv_dim), ("v_proj", cfg.kv_dim)):
+                T[p + f"self_attn.{n}.bias"] = np.zeros(rows, np.float32)
+    return Checkpoint(config=cfg, tensors=T, tokenizer=None, source=f"shape:{name}", group_size=group_size)
+
+
+def decode_bytes(model) -> int:
+    """Bytes a decode step must read: every q4gsw weight once, one embedding row, the KV cache."""
+    n = model.lm_head.nbytes
+    for L in model.layers:
+        n += L.qkv.nbytes + L.o.nbytes + L.gate_up.nbytes + L.down.nbytes
+    cfg = model.config
+    n += cfg.hidden_size * (2 if model.emb_t == "f16" else 4)
+    return n
+
+
+def kv_bytes(model, pos: int) -> int:
+    cfg = model.config
+    esz = 2 if model.cache_t == "f16" else 4
+    return 2 * cfg.num_hidden_layers * pos * cfg.num_key_value_heads * cfg.head_dim * esz
+
+
+def _mean_sd(xs):
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def encode_seconds(model, reps: int = 20) -> float:
+    """CPU time to record one decode step's dispatches into a command buffer."""
+    ops = model.ops(1, True)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        enc = model.dev.device.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        for op in ops:
+            op.record(cpass)
+        cpass.end()
+        enc.finish()
+    return (time.perf_counter() - t0) / reps
+
+
+def profile_step(model) -> list[tuple[str, float, int]]:
+    """GPU time per kernel of one decode step: each dispatch in its own timestamped pass.
+    Returns (kernel, seconds, count) sorted by time."""
+    dev = model.dev
+    if not dev.has_timestamps:
+        raise ValueError(f"--profile needs timestamp queries, which {dev.name} lacks")
+    import wgpu
+    ops = model.ops(1, True)
+    n = len(ops)
+    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
+    res = dev.buffer(size=16 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
+                     binding=False, label="timestamps")
+    totals: dict[str, list] = {}
+    for _ in range(3):
+        enc = dev.device.create_command_encoder()
+        for i, op in enumerate(ops):
+            cpass = enc.begin_compute_pass(timestamp_writes={
+                "query_set": qs, "beginning_of_pass_write_index": 2 * i, "end_of_pass_write_index": 2 * i + 1})
+            op.record(cpass)
+            cpass.end()
+        enc.resolve_query_set(qs, 0, 2 * n, res, 0)
+        dev.queue.submit([enc.finish()])
+        t = dev.read(res, np.uint64, (n, 2)).astype(np.float64)
+        for op, (a, b) in zip(ops, t):
+            totals.setdefault(op.name, []).append(max(b - a, 0) * 1e-9)
+    count = {}
+    for op in ops:
+        count[op.name] = count.get(op.name, 0) + 1
+    rows = [(k, sum(v) / 3, count[k]) for k, v in totals.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def run(args) -> int:
+    from .model import Model
+    if args.model and args.shape:
+        raise ValueError("give --model or --shape, not both")
+    dev = Device(args.adapter)
+    ctx = args.ctx or (args.p + args.n + 16)
+    if args.shape:
+        ckpt = random_checkpoint(args.shape, args.group_size)
+        label = args.shape
+    else:
+        from .loader import load_cached_or_quantize
+        from .defaults import default_model_path
+        src = args.model or default_model_path()
+        ckpt = load_cached_or_quantize(src, args.group_size, progress=not args.json)
+        label = str(args.model or "default (SmolLM2-135M-Instruct)")
+    model = Model(ckpt, dev=dev, max_seq=ctx)
+    if args.p + args.n + 1 > model.max_seq:
+        raise ValueError(f"-p {args.p} + -n {args.n} exceed the context {model.max_seq}; raise --ctx")
+    rng = np.random.default_rng()
+    V = model.config.vocab_size
+    from .bench_kernels import stream_bandwidth
+    bw = stream_bandwidth(dev, args.stream_bytes)
+
+    def pp():
+        model.reset()
+        ids = rng.integers(0, V, args.p).tolist()
+        t0 = time.perf_counter()
+        model.prefill(ids)
+        return args.p / (time.perf_counter() - t0)
+
+    def tg():
+        model.reset()
+        model.prefill([int(rng.integers(V))])
+        t0 = time.perf_counter()
+        for _ in range(args.n):
+            model.decode(int(rng.integers(V)))
+        return args.n / (time.perf_counter() - t0)
+
+    rows = []
+    if args.p > 0:
+        pp()
+        r = [pp() for _ in range(args.r)]
+        rows.append(dict(test=f"pp{args.p}", tps=_mean_sd(r)[0], sd=_mean_sd(r)[1]))
+    if args.n > 0:
+        model.reset()
+        model.prefill([1])
+        for _ in range(4):
+            model.decode(1)
+        r = [tg() for _ in range(args.r)]
+        mean, sd = _mean_sd(r)
+        wbytes = decode_bytes(model) + kv_bytes(model, 1 + args.n // 2)
+        rows.append(dict(test=f"tg{args.n}", tps=mean, sd=sd, bytes_per_token=wbytes,
+                         gbs=wbytes * mean / 1e9, roofline_pct=100 * wbytes * mean / bw,
+                         encode_ms=encode_seconds(model) * 1e3, dispatches=len(model.ops(1, True))))
+    result = dict(model=label, adapter=dev.name, group_size=args.group_size, stream_read_gbs=bw / 1e9,
+                  date=time.strftime("%Y-%m-%d"), repetitions=args.r, rows=rows)
+    if args.profile:
+        prof = profile_step(model)
+        result["profile"] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in prof]
+        if args.profile_png:
+            _plot(prof, args.profile_png, label)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif args.csv:
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
+                                             "roofline_pct", "encode_ms", "dispatches"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"model": label, "adapter": dev.name, **r})
+        print(out.getvalue(), end="")
+    else:
+        print(f"adapter: {dev.name}   streaming read: {bw / 1e9:.1f} GB/s   q4gsw group {args.group_size}")
+        print(f"| {'model':<28} | {'test':>6} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
+              f"| {'enc ms/tok':>10} | {'disp/tok':>8} |")
+        print(f"|{'-' * 30}|{'-' * 8}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
+        for r in rows:
+            extra = (f"{r['bytes_per_token'] / 1e6:>8.1f} | {r['gbs']:>7.1f} | {r['roofline_pct']:>5.1f}% | "
+                     f"{r['encode_ms']:>10.2f} | {r['dispatches']:>8}" if "gbs" in r else
+                     f"{'':>8} | {'':>7} | {'':>6} | {'':>10} | {'':>8}")
+            print(f"| {label[:28]:<28} | {r['test']:>6} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
+        if args.profile:
+            total = sum(s for _, s, _ in prof)
+            print(f"\nGPU time of one decode step by kernel (timestamp queries), total {total * 1e6:.0f} us:")
+            for k, s, c in prof[:12]:
+                print(f"  {k:<24} {c:>4}×  {s * 1e6:>9.1f} us  {100 * s / total:5.1f}%")
+    return 0
+
+
+def _plot(prof, path, label) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--profile-png needs matplotlib: pip install 'llmgpu[plot]'") from None
+    names = [k for k, _, _ in prof][::-1]
+    us = [s * 1e6 for _, s, _ in prof][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1))
+    ax.barh(names, us)
+    ax.set_xlabel("GPU time per decode step (us)")
+    ax.set_title(f"llmgpu decode step: {label}")
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", help="checkpoint: local dir, hub id or .gguf (default: the offline default model)")
+    p.add_argument("--shape", help="named shape from models/shapes.json, with random q4gsw weights")
+    p.add_argument("-p", type=int, default=512, help="prompt tokens for the pp test (0 skips it)")
+    p.add_argument("-n", type=int, default=128, help="generated tokens for the tg test (0 skips it)")
+    p.add_argument("-r", type=int, default=5, help="repetitions")
+    p.add_argument("--ctx", type=int, default=0, help="context (KV cache) size; default p + n + 16")
+    p.add_argument("--csv", action="store_true", help="print CSV")
+    p.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step")
+    p.add_argument("--profile-png", help="also draw the profile as a PNG chart (needs matplotlib)")
