@@ -171,12 +171,24 @@ def gemv_config(dev: Device, K: int) -> dict:
 GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
 
 
-def gemm_snippets(TM: int, TN: int) -> dict:
-    """Unrolled register-block code for q4gsw_gemm.wgsl: TM×(TN/4) named vec4 accumulators."""
+def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
+    """Unrolled code for q4gsw_gemm.wgsl: TM×(TN/4) named vec4 accumulators, and the
+    register-prefetch loads/stores of one 32-wide k tile (BM·8/WG activation vec4s and
+    BN·4/WG weight words per invocation)."""
+    WG = (BM // TM) * (BN // TN)
+    na, nw = BM * 8 // WG, BN * 4 // WG
+    if BM * 8 % WG or BN * 4 % WG:
+        raise ValueError(f"GEMM tile {BM}x{BN} with {TM}x{TN} per thread: tiles do not split evenly")
     decl, mac, store = [], [], []
     for i in range(TM):
         for j in range(TN // 4):
             decl.append(f"    var c{i}_{j} = vec4<f32>(0.0);")
+    decl += [f"    var ra{i}: vec4<f32>;" for i in range(na)]
+    decl += [f"    var rw{i}: vec3<u32>;" for i in range(nw)]
+    load = lambda k: [f"        ra{i} = load_a(m0, {k}, lid + {i}u * WG);" for i in range(na)] + \
+        [f"        rw{i} = load_w(n0, {k}, lid + {i}u * WG);" for i in range(nw)]  # noqa: E731
+    tile = [f"        store_a(lid + {i}u * WG, ra{i});" for i in range(na)] + \
+        [f"        store_w(lid + {i}u * WG, rw{i});" for i in range(nw)]
     for j in range(TN // 4):
         mac.append(f"            let b{j} = Ws[bb + {j}u * TX];")
     for i4 in range(TM // 4):
@@ -191,7 +203,11 @@ def gemm_snippets(TM: int, TN: int) -> dict:
             n = f"n0 + 4u * (tx + {j}u * TX)"
             for jj, comp in enumerate("xyzw"):
                 store.append(f"    put({m}, {n} + {jj}u, c{i}_{j}.{comp});")
-    return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store)}
+    return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store),
+            "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
+
+
+GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
 
 
 def gemm_config(dev: Device, M: int) -> dict:
@@ -237,7 +253,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
             pipe = dev.pipeline("q4gsw_gemm", consts={**cfg, **common},
                                 types={"act_t": t, "scale_t": scale_t},
-                                snippets=gemm_snippets(cfg["TM"], cfg["TN"]))
+                                snippets=gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"]))
             params = dev.uniform([M, s.n, lin.K, lin.N, s.n0], label=f"{lin.label}.gemm.params")
             ybind = y  # may be (buffer, byte offset, size)
             grid = (-(-s.n // cfg["BN"]), -(-M // cfg["BM"]), 1)
