@@ -133,12 +133,13 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
     return row
 
 
-GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=128, TPR=32, R=4), dict(WG=256, TPR=64, R=4),
-              dict(WG=64, TPR=64, R=8), dict(WG=128, TPR=16, R=4),
+GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=256, TPR=64, R=4),
               dict(WG=128, TPR=32, R=2, Q8=True), dict(WG=128, TPR=32, R=4, Q8=True),
-              dict(WG=256, TPR=64, R=4, Q8=True), dict(WG=64, TPR=64, R=8, Q8=True),
-              dict(WG=128, TPR=16, R=4, Q8=True), dict(WG=256, TPR=32, R=8, Q8=True),
-              dict(WG=64, TPR=32, R=2, Q8=True)]
+              dict(WG=256, TPR=64, R=4, Q8=True), dict(WG=64, TPR=32, R=2, Q8=True),
+              dict(WG=128, TPR=16, R=4, Q8=True), dict(WG=64, TPR=16, R=2, Q8=True),
+              dict(WG=256, TPR=128, R=2, Q8=True), dict(WG=128, TPR=128, R=1, Q8=True),
+              dict(WG=256, TPR=256, R=1, Q8=True), dict(WG=256, TPR=64, R=2, Q8=True),
+              dict(WG=128, TPR=64, R=1, Q8=True), dict(WG=256, TPR=32, R=1, Q8=True)]
 GEMM_SWEEP = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=128, BN=128, TM=8, TN=8),
               dict(BM=128, BN=64, TM=8, TN=4), dict(BM=64, BN=128, TM=4, TN=8),
               dict(BM=128, BN=64, TM=4, TN=8), dict(BM=64, BN=64, TM=8, TN=8),

@@ -160,12 +160,12 @@ def quantize_q8(dev: Device, x, q: Q8Act, act: str | None = None) -> Op:
 
 
 def gemv_config(dev: Device, K: int) -> dict:
-    """Workgroup shape of the GEMV for rows of length K (tuned on H100; see BENCHMARKS.md)."""
-    chunks = K // 32
-    tpr = 32
-    while tpr < 128 and tpr * 4 <= chunks:
-        tpr *= 2
-    return dict(WG=max(128, tpr), TPR=tpr, R=2)
+    """Workgroup shape of the GEMV for rows of length K. From sweeps on an H200 (Q8 path, see
+    BENCHMARKS.md): 32 threads and 2 rows per row group up to K = 4096, 64 threads and 4 rows
+    beyond (long rows need more threads per row to fill the GPU)."""
+    if K > 4096:
+        return dict(WG=256, TPR=64, R=4)
+    return dict(WG=128, TPR=32, R=2)
 
 
 GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
