@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks: tokens/s of a model, or `bench kernels`")
     b.add_argument("what", nargs="?", choices=["kernels"], help="`kernels`: the q4gsw GEMV/GEMM alone")
-    from . import bench_kernels
-    bench_kernels.add_arguments(b)
+    from . import bench, bench_kernels
+    bench_kernels.add_arguments(b)  # (bench.run also reads --group-size, --stream-bytes and --json from here)
+    bench.add_arguments(b)
     b.set_defaults(func=_bench)
     return p
 

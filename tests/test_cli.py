@@ -229,3 +229,6 @@ def test_help_lists_defaults_and_bench_still_parses(capsys):
         assert text in out
     args = cli.build_parser().parse_args(["bench", "kernels", "--shapes", "llama-3.2-1b", "--no-gemm"])
     assert args.func is cli._bench and args.what == "kernels" and args.no_gemm
+    args = cli.build_parser().parse_args(["bench", "--shape", "llama-3.2-1b", "-p", "64", "-n", "8", "--json"])
+    assert args.func is cli._bench and args.what is None and (args.shape, args.p, args.n, args.json) == \
+           ("llama-3.2-1b", 64, 8, True) and args.group_size == 32
