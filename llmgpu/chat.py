@@ -20,7 +20,8 @@ class Chat:
     """``Chat(model, system=None, max_tokens=512, stop=None, temperature=..., seed=..., ...)``.
 
     The sampling keywords (those of :func:`~llmgpu.sample.make_sampler`, or a ready ``sampler=``) and
-    ``max_tokens`` / ``stop`` are defaults for every turn; :meth:`send` and :meth:`stream` take the same keywords for one turn.
+    ``max_tokens`` / ``stop`` are defaults for every turn; :meth:`send` and :meth:`stream` take the same
+    keywords for one turn.
     With a ``seed`` the whole conversation is reproducible.
     """
 

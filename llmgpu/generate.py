@@ -102,7 +102,10 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
     _CACHE.pop(model, None)
     try:
         t0 = time.perf_counter()
-        model.truncate(cached) if cached else model.reset()
+        if cached:
+            model.truncate(cached)
+        else:
+            model.reset()
         logits = model.prefill(prompt[cached:])
         token = sampler(logits, history)
         st.prefill_s = time.perf_counter() - t0

@@ -115,7 +115,8 @@ def test_chat_repl_keeps_the_conversation(monkeypatch, capsys):
     full = encode_prompt(ck.tokenizer, render_chat(ck.chat_template, msgs, True))
     answer = ck.tokenizer.encode("Fine, thanks.").ids
     assert m.prefills[1] == len(full) - m.prefills[0] - len(answer)
-    again = encode_prompt(ck.tokenizer, render_chat(ck.chat_template, msgs[:1] + [{"role": "user", "content": "Again"}]))
+    again = msgs[:1] + [{"role": "user", "content": "Again"}]
+    again = encode_prompt(ck.tokenizer, render_chat(ck.chat_template, again))
     assert m.prefills[2] == len(again)  # after /reset: a one-turn conversation, prefilled from scratch
     assert sum("t/s" in line for line in err.splitlines()) == 3
 
