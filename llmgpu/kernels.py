@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .gpu import Device, Pipeline
-from .quant import Q4Tensor
+from .quant import Q4Tensor, Q8Tensor
 
 
 @dataclass
@@ -65,9 +65,11 @@ class _Slice:
 class Q4Linear:
     """A q4gsw weight (N, K) resident on the GPU, split by rows to respect the binding limit."""
 
-    def __init__(self, dev: Device, t: Q4Tensor, label: str = "linear", bias: np.ndarray | None = None):
+    def __init__(self, dev: Device, t: Q4Tensor | Q8Tensor, label: str = "linear",
+                 bias: np.ndarray | None = None):
         self.dev = dev
         self.N, self.K = t.shape
+        self.w8 = isinstance(t, Q8Tensor)  # int8 weights (GEMV only)
         self.group_size = t.group_size
         self.has_offsets = t.offsets is not None
         self.has_bias = bias is not None
@@ -95,12 +97,24 @@ class Q4Linear:
                 dev.buffer(np.asarray(bias[n0:n1], np.float32), label=f"{label}.bias") if bias is not None else None))
 
 
-def gemv_snippets(R: int, q8: bool = False) -> dict:
+def gemv_snippets(R: int, q8: bool = False, w8: bool = False) -> dict:
     """Unrolled code for q4gsw_gemv.wgsl: R named accumulators and the chunk's activations."""
     row = lambda r: f"min(row0 + {r}u, N - 1u)"  # noqa: E731  (clamped: loads stay in bounds)
-    body = [f"        let q{r} = w[{row(r)} * nch + c];" for r in range(R)]
+    if w8:
+        body = [f"        let q{r} = w[2u * ({row(r)} * nch + c)];\n        let p{r} = w[2u * ({row(r)} * nch + c) + 1u];"
+                for r in range(R)]
+    else:
+        body = [f"        let q{r} = w[{row(r)} * nch + c];" for r in range(R)]
     body += [f"        let gi{r} = {row(r)} * gpr + g;" for r in range(R)]
-    if q8:  # int8 activations: integer dot products, one float multiply per row-chunk
+    if w8 and q8:
+        body += ["        let xa = x[2u * c];", "        let xb2 = x[2u * c + 1u];", "        let dx = xd[c];"]
+        body += [f"        acc{r} += f32(sc[gi{r}]) * dx.x * f32(idot32w(q{r}, p{r}, xa, xb2));" for r in range(R)]
+    elif w8:
+        body += [f"        let x{i} = vec4<f32>(x[xb + {i}u]);" for i in range(8)]
+        for r in range(R):
+            body.append(f"        acc{r} += f32(sc[gi{r}]) * ((fdot8w(q{r}.x, q{r}.y, x0, x1) + fdot8w(q{r}.z, q{r}.w, x2, x3))"
+                        f" + (fdot8w(p{r}.x, p{r}.y, x4, x5) + fdot8w(p{r}.z, p{r}.w, x6, x7)));")
+    elif q8:  # int8 activations: integer dot products, one float multiply per row-chunk
         body += ["        let xa = x[2u * c];", "        let xb2 = x[2u * c + 1u];", "        let dx = xd[c];"]
         for r in range(R):
             body.append(f"        acc{r} += f32(sc[gi{r}]) * dx.x * f32(idot32(q{r}, xa, xb2) - i32(dx.y));")
@@ -232,15 +246,16 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
     common = dict(GS=lin.group_size, HAS_OFFSETS=lin.has_offsets, RESIDUAL=residual, HAS_BIAS=lin.has_bias)
     ops = []
     q8 = isinstance(x, Q8Act)
-    if q8 and kind != "gemv":
-        raise ValueError("int8 (Q8) activations go through the GEMV only")
+    if (q8 or lin.w8) and kind != "gemv":
+        raise ValueError("int8 activations and int8 weights go through the GEMV only (M == 1)")
     for s in lin.slices:
         if kind == "gemv":
             cfg = dict(config or gemv_config(dev, lin.K))
             cfg["SUBGROUPS"] = dev.has_subgroups
             cfg["Q8"] = q8
+            cfg["W8"] = lin.w8
             pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **common},
-                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"], q8))
+                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"], q8, lin.w8))
             rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
             params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
             esz = 2 if t == "f16" else 4
@@ -260,6 +275,8 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             if grid[1] > dev.max_groups:
                 raise ValueError(f"M={M} is too many rows for one GEMM dispatch; prefill in chunks")
         binds = {0: params, 1: x.xq if q8 else x, 2: s.qweight, 3: s.scales, 4: s.offsets, 5: ybind}
+        if lin.w8:
+            del binds[4]  # int8 weights have no offsets; the shader does not declare them
         if q8:
             binds[6] = x.xd
         if lin.has_bias:

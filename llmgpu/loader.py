@@ -34,10 +34,11 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, gguf_value
-from .quant import DEFAULT_GROUP_SIZE, Q4Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1, quantize
+from .quant import (DEFAULT_GROUP_SIZE, Q4Tensor, Q8Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1, quantize,
+                    quantize_q8)
 from .tokenizer import tokenizer_from_gguf
 
-FORMAT, FORMAT_VERSION = "q4gsw", 1
+FORMAT, FORMAT_VERSION = "q4gsw", 2  # 2: int8 lm_head (<name>.q8weight/.scales)
 LINEAR_SUFFIXES = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
                    "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
                    "mlp.down_proj.weight")
@@ -252,6 +253,8 @@ def _read_weights(d: Path, dtype, q4: bool) -> dict[str, np.ndarray | Q4Tensor]:
         if q4 and part == "qweight":
             sc = raw[base + ".scales"].astype(np.float16)
             tensors[base] = Q4Tensor(arr, sc, arr.shape[1] * 8 // sc.shape[1], raw.get(base + ".offsets"))
+        elif q4 and part == "q8weight":
+            tensors[base] = Q8Tensor(arr, raw[base + ".scales"].astype(np.float16))
         elif not (q4 and part in ("scales", "offsets")):
             tensors[name] = arr.astype(dtype, copy=False) if arr.dtype.kind == "f" else arr
     return tensors
@@ -275,7 +278,7 @@ def _check_names(cfg: ModelConfig, tensors: dict, where: str) -> dict:
     """Exactly the tensors ``cfg`` needs, with the right shapes, in a fixed order; else one clear error."""
     tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     expected = expected_shapes(cfg)
-    if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), Q4Tensor):
+    if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), (Q4Tensor, Q8Tensor)):
         expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
     missing = [n for n in expected if n not in tensors]
     extra = sorted(set(tensors) - set(expected))
@@ -392,22 +395,33 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
 
 # ==== quantize, save, cache ====================================================================
 
-def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, progress: bool = True) -> Checkpoint:
-    """Every float linear (and lm_head; a tied one becomes a q4gsw copy of the embedding) -> q4gsw.
+def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, progress: bool = True,
+                        lm_head: str = "q8") -> Checkpoint:
+    """Every float linear -> q4gsw; a float lm_head (a tied one: a copy of the embedding) -> int8
+    per 32 (``lm_head="q8"``, the default) or q4gsw (``"q4"``).
 
-    Tensors that are already Q4Tensor stay as they are. Errors go to ``quant_errors``.
+    Why int8 for lm_head: with a 4-bit lm_head made from SmolLM2-135M's Q8_0 embedding, greedy
+    answers changed ("The capital of France is Paris." became French gibberish, and transformers
+    with the same 4-bit head agreed); llama.cpp also keeps its output matrix above 4 bits. An
+    lm_head that arrives in 4 bits (GGUF Q4_0/Q4_1) is kept exactly. Tensors that are already
+    quantized stay as they are. Errors go to ``quant_errors``.
     """
+    if lm_head not in ("q8", "q4"):
+        raise ValueError(f"lm_head quantization must be 'q8' or 'q4', got {lm_head!r}")
     from tqdm import tqdm
 
     tensors = dict(ckpt.tensors)
-    todo = [n for n, t in tensors.items() if is_linear(n) and not isinstance(t, Q4Tensor)]
+    todo = [n for n, t in tensors.items() if is_linear(n) and not isinstance(t, (Q4Tensor, Q8Tensor))]
     if "lm_head.weight" not in tensors:
         todo.append("lm_head.weight")
     errors = dict(ckpt.quant_errors)
     for name in tqdm(todo, desc="quantizing", unit="tensor", disable=not progress):
         w = tensors.get(name, tensors["model.embed_tokens.weight"])
         try:
-            tensors[name], errors[name] = quantize(w, group_size)
+            if name == "lm_head.weight" and lm_head == "q8":
+                tensors[name], errors[name] = quantize_q8(w)
+            else:
+                tensors[name], errors[name] = quantize(w, group_size)
         except ValueError as e:
             raise ValueError(f"cannot quantize {name} {tuple(w.shape)}: {e}") from None
     return dataclasses.replace(ckpt, tensors=tensors, group_size=common_group_size(tensors), quant_errors=errors)
@@ -428,7 +442,10 @@ def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dt
     try:
         flat: dict[str, np.ndarray] = {}
         for name, t in ckpt.tensors.items():
-            if isinstance(t, Q4Tensor):
+            if isinstance(t, Q8Tensor):
+                flat[name + ".q8weight"] = np.ascontiguousarray(t.qweight, np.uint32)
+                flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
+            elif isinstance(t, Q4Tensor):
                 flat[name + ".qweight"] = np.ascontiguousarray(t.qweight, np.uint32)
                 flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
                 if t.offsets is not None:

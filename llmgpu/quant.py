@@ -84,8 +84,13 @@ def unpack_nibbles(qweight: np.ndarray) -> np.ndarray:
     return ((qweight[:, :, None] >> shifts) & 0xF).astype(np.uint8).reshape(N, W * 8)
 
 
-def dequantize(t: Q4Tensor, dtype=np.float32) -> np.ndarray:
+def dequantize(t, dtype=np.float32) -> np.ndarray:
+    """Q4Tensor or Q8Tensor -> float (N, K)."""
     N, K = t.shape
+    if isinstance(t, Q8Tensor):
+        q = t.qweight.view(np.int8).reshape(N, K // 8, 8)[:, :, np.argsort(_EVEN_ODD)].astype(np.float32)
+        w = q.reshape(N, K // 32, 32) * t.scales.astype(np.float32)[:, :, None]
+        return w.reshape(N, K).astype(dtype)
     q = unpack_nibbles(t.qweight).astype(np.float32) - 8.0
     w = q.reshape(N, K // t.group_size, t.group_size) * t.scales.astype(np.float32)[:, :, None]
     if t.offsets is not None:
@@ -154,6 +159,51 @@ def q8_activations(x: np.ndarray) -> np.ndarray:
     inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
     q = np.rint(b * inv)
     return (q * (amax / np.float32(127.0))).reshape(x.shape)
+
+
+@dataclass
+class Q8Tensor:
+    """An int8 weight (lm_head by default: 4 bits there visibly change answers, see loader).
+
+    ``qweight`` (N, K // 4) uint32: per 8 consecutive k, one word holds the bytes of elements
+    0, 2, 4, 6 and the next those of 1, 3, 5, 7 (the order the int8 activations use, so that
+    packed 4×8-bit dot products pair them directly); ``scales`` (N, K // 32) float16;
+    w = scale · q with q in [-127, 127], scale = max|w| / 127 per 32 values.
+    """
+
+    qweight: np.ndarray
+    scales: np.ndarray
+    group_size: int = 32
+    offsets: None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.qweight.shape[0], self.qweight.shape[1] * 4
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.nbytes + self.scales.nbytes
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize(self)
+
+
+_EVEN_ODD = np.array([0, 2, 4, 6, 1, 3, 5, 7])
+
+
+def quantize_q8(w: np.ndarray) -> tuple[Q8Tensor, float]:
+    """Symmetric int8 per 32 values along K; returns (tensor, relative Frobenius error)."""
+    w = np.asarray(w, dtype=np.float32)
+    N, K = w.shape
+    check_group_size(K, 32)
+    g = w.reshape(N, K // 32, 32)
+    s = (np.abs(g).max(axis=2) / 127.0).astype(np.float16)
+    s32 = s.astype(np.float32)
+    q = np.where(s32[:, :, None] > 0, np.rint(g / np.where(s32 > 0, s32, 1)[:, :, None]), 0)
+    q = np.clip(q, -127, 127).astype(np.int8).reshape(N, K // 8, 8)[:, :, _EVEN_ODD]
+    t = Q8Tensor(np.ascontiguousarray(q).view(np.uint32).reshape(N, K // 4), s)
+    err = float(np.linalg.norm(dequantize(t) - w) / (np.linalg.norm(w) or 1.0))
+    return t, err
 
 
 # ---- GGUF block formats -------------------------------------------------------------------

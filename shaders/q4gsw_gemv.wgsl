@@ -12,6 +12,8 @@
 //                      //#if SUBGROUPS blocks are dropped before compiling when false
 //   const RESIDUAL     y = residual + x·Wᵀ (residual read from y itself before writing)
 //   const HAS_BIAS     y += bias (binding 7)
+//   const W8           the weight is int8 (quant.Q8Tensor: 2 × vec4<u32> per 32 values, scales
+//                      per 32) instead of q4gsw — the lm_head's format
 //   const Q8           activations arrive quantized to int8 per 32 (quantize_q8.wgsl), and
 //                      the dot products run on packed 4×8-bit integer dot instructions:
 //                      about 1.6 ALU operations per weight byte instead of 7
@@ -76,6 +78,19 @@ fn idot32(q: vec4<u32>, xa: vec4<u32>, xb: vec4<u32>) -> i32 {
          + dot4I8Packed(q.y & m, xa.z) + dot4I8Packed((q.y >> 4u) & m, xa.w)
          + dot4I8Packed(q.z & m, xb.x) + dot4I8Packed((q.z >> 4u) & m, xb.y)
          + dot4I8Packed(q.w & m, xb.z) + dot4I8Packed((q.w >> 4u) & m, xb.w);
+}
+
+// Σ_k x_q·w_q over 32 int8 weights (qa: values 0-15, qb: 16-31) and 32 int8 activations;
+// both are packed even-elements-then-odd per 8 values, so the words pair up directly.
+fn idot32w(qa: vec4<u32>, qb: vec4<u32>, xa: vec4<u32>, xb: vec4<u32>) -> i32 {
+    return dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z)
+         + dot4I8Packed(qa.w, xa.w) + dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y)
+         + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+}
+// The same with f32 activations (x0 = x[0..3], x1 = x[4..7]; w0 even, w1 odd elements).
+fn fdot8w(w0: u32, w1: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
+    return dot(vec4<f32>(unpack4xI8(w0)), vec4<f32>(x0.x, x0.z, x1.x, x1.z))
+         + dot(vec4<f32>(unpack4xI8(w1)), vec4<f32>(x0.y, x0.w, x1.y, x1.w));
 }
 
 @compute @workgroup_size(WG)

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from llmgpu import cli
 from llmgpu.config import ModelConfig
 from llmgpu.loader import expected_shapes, load_checkpoint
-from llmgpu.quant import Q4Tensor
+from llmgpu.quant import Q4Tensor, Q8Tensor
 from llmgpu.tokenizer import encode_prompt, render_chat
 from tests.fake_model import FakeModel, install, make_tokenizer
 
@@ -184,7 +184,7 @@ def test_quantize(capsys, tmp_path, rng):
     assert rc == 0 and "wrote" in err and "group size 64" in err
     ck = load_checkpoint(tmp_path / "q")
     assert isinstance(ck.tensors["model.layers.1.mlp.down_proj.weight"], Q4Tensor) and ck.group_size == 64
-    assert isinstance(ck.tensors["lm_head.weight"], Q4Tensor)
+    assert isinstance(ck.tensors["lm_head.weight"], Q8Tensor)  # int8 lm_head by default
     rc, _, err = run(capsys, "quantize", str(tmp_path / "nope"), "-o", str(tmp_path / "q2"))
     assert rc == 2 and err.count("\n") == 1 and err.startswith("llmgpu: error:")
 

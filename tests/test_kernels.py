@@ -158,3 +158,20 @@ def test_bias_epilogue(dev, rng, M):
         y, _ = run_linear(dev, lin, x, q8=q8)
         ref = reference(dev, t, x) + b
         assert rel_err(y, ref, x, t) < (1e-2 if q8 else TOL[dev.act_dtype])
+
+
+@pytest.mark.parametrize("q8", [False, True])
+def test_int8_weight_gemv(dev, rng, q8):
+    """The int8 lm_head format through the GEMV, with f32/f16 or int8 activations."""
+    from llmgpu.quant import q8_activations, quantize_q8
+    for N, K in [(37, 64), (1000, 576), (260, 2048)]:
+        t, err = quantize_q8(rng.standard_normal((N, K)).astype(np.float32))
+        assert err < 0.01
+        x = rng.standard_normal((1, K)).astype(np.float32)
+        y, ops = run_linear(dev, Q4Linear(dev, t), x, q8=q8)
+        assert not np.isnan(y).any()
+        xr = x.astype(dev.act_dtype)
+        ref = (q8_activations(xr) if q8 else xr).astype(np.float64) @ dequantize(t).astype(np.float64).T
+        assert rel_err(y, ref, x, t) < max(TOL[dev.act_dtype], 1e-3 if q8 else 0)
+    with pytest.raises(ValueError, match="GEMV only"):
+        run_linear(dev, Q4Linear(dev, t), rng.standard_normal((3, K)))

@@ -12,7 +12,7 @@ import pytest
 from llmgpu import loader
 from llmgpu.loader import (Checkpoint, load_cached_or_quantize, load_checkpoint, quantize_checkpoint,
                            save_q4_checkpoint)
-from llmgpu.quant import Q4Tensor, dequantize
+from llmgpu.quant import Q4Tensor, Q8Tensor, dequantize
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -320,12 +320,15 @@ def test_quantize_save_load_round_trip(tmp_path, rng, tok):
     ckpt = load_checkpoint(tmp_path / "hf")
     q = quantize_checkpoint(ckpt, group_size=32, progress=False)
     assert q.group_size == 32 and "lm_head.weight" not in ckpt.tensors  # input untouched
-    assert isinstance(q.tensors["lm_head.weight"], Q4Tensor)
+    assert isinstance(q.tensors["lm_head.weight"], Q8Tensor)  # int8 lm_head by default
     assert isinstance(q.tensors["model.embed_tokens.weight"], np.ndarray)
     n_linear = 1 + 7 * 2
     assert len(q.quant_errors) == n_linear and all(0 < e < 0.15 for e in q.quant_errors.values())
+    assert q.quant_errors["lm_head.weight"] < 0.01
     np.testing.assert_allclose(dequantize(q.tensors["lm_head.weight"]), ckpt.tensors["model.embed_tokens.weight"],
-                               atol=0.6)
+                               atol=0.05)
+    q4 = quantize_checkpoint(ckpt, group_size=32, progress=False, lm_head="q4")
+    assert isinstance(q4.tensors["lm_head.weight"], Q4Tensor)
     again = quantize_checkpoint(q, group_size=64, progress=False)
     assert all(again.tensors[n] is q.tensors[n] for n in q.tensors if isinstance(q.tensors[n], Q4Tensor))
     assert again.group_size == 32  # nothing left to quantize at 64
@@ -345,9 +348,9 @@ def test_quantize_save_load_round_trip(tmp_path, rng, tok):
     assert back.tokenizer.encode("Hello 🙂").ids == tok.encode("Hello 🙂").ids
     assert set(back.tensors) == set(q.tensors)
     for n, t in q.tensors.items():
-        if isinstance(t, Q4Tensor):
+        if isinstance(t, (Q4Tensor, Q8Tensor)):
             b = back.tensors[n]
-            assert isinstance(b, Q4Tensor) and b.group_size == t.group_size
+            assert type(b) is type(t) and b.group_size == t.group_size
             np.testing.assert_array_equal(b.qweight, t.qweight)
             np.testing.assert_array_equal(b.scales, t.scales)
         else:
@@ -394,7 +397,7 @@ def test_load_cached_or_quantize(tmp_path, rng, tok, monkeypatch):
     first = load_cached_or_quantize(src, 32, progress=False)
     entries = list((tmp_path / "cache").iterdir())
     assert len(entries) == 1 and (entries[0] / "llmgpu.json").is_file()
-    assert first.source == str(src.resolve()) and isinstance(first.tensors["lm_head.weight"], Q4Tensor)
+    assert first.source == str(src.resolve()) and isinstance(first.tensors["lm_head.weight"], Q8Tensor)
 
     def no_quantizing(*a, **k):
         raise AssertionError("should have come from the cache")

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from llmgpu.loader import load_checkpoint, quantize_checkpoint  # noqa: E402
 from llmgpu.model import Model  # noqa: E402
-from llmgpu.quant import Q4Tensor, dequantize  # noqa: E402
+from llmgpu.quant import Q4Tensor, Q8Tensor, dequantize  # noqa: E402
 
 from .conftest import get_device  # noqa: E402
 
@@ -65,7 +65,7 @@ def reference_logits(ckpt, hf_cfg, ids):
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     sd = {}
     for k, t in ckpt.tensors.items():
-        sd[k] = torch.from_numpy(dequantize(t) if isinstance(t, Q4Tensor) else np.asarray(t, np.float32))
+        sd[k] = torch.from_numpy(dequantize(t) if isinstance(t, (Q4Tensor, Q8Tensor)) else np.asarray(t, np.float32))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
     with torch.no_grad():
