@@ -134,6 +134,7 @@ class Device:
         self._pipelines: dict = {}
         self._sources: dict = {}
         self.name = _describe(self.adapter)
+        self.is_cpu = self.adapter.info["adapter_type"] == "CPU"  # lavapipe and other software adapters
         if verbose:
             print(f"llmgpu: adapter {self.name}; features {', '.join(sorted(self.features)) or 'none'}; "
                   f"max binding {self.max_binding >> 20} MiB", file=sys.stderr)

@@ -173,13 +173,18 @@ def quantize_q8(dev: Device, x, q: Q8Act, act: str | None = None) -> Op:
     return Op(pipe, bg, dev.grid(-(-q.M * (q.K // 32) // 64)), keep=[params])
 
 
-def gemv_config(dev: Device, K: int) -> dict:
-    """Workgroup shape of the GEMV for rows of length K. From sweeps on an H200 (Q8 path, see
-    BENCHMARKS.md): 32 threads and 2 rows per row group up to K = 4096, 64 threads and 4 rows
-    beyond (long rows need more threads per row to fill the GPU)."""
-    if K > 4096:
-        return dict(WG=256, TPR=64, R=4)
-    return dict(WG=128, TPR=32, R=2)
+def gemv_config(dev: Device, K: int, N: int = 0) -> dict:
+    """Workgroup shape of the GEMV for an (N, K) weight, from `llmgpu bench kernels --sweep`
+    (BENCHMARKS.md): on a GPU, one row per row group with 32 threads for short rows and 64 for
+    rows of 4096 and more; very tall weights (lm_head) 2 rows. On a CPU adapter (lavapipe),
+    16 threads and 4 rows (its subgroups are 8 wide)."""
+    if dev.is_cpu:
+        return dict(WG=128, TPR=16, R=4)
+    if N >= 65536:
+        return dict(WG=128, TPR=32, R=2)
+    if K >= 4096:
+        return dict(WG=128, TPR=64, R=1)
+    return dict(WG=256, TPR=32, R=1)
 
 
 GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
@@ -221,11 +226,10 @@ def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
             "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
 
 
-GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
-
-
 def gemm_config(dev: Device, M: int) -> dict:
-    cfg = dict(GEMM_CONFIG)
+    """GEMM tile: 128×128 with 8×4 per thread at prefill sizes (20.9–23.6 TFLOP/s at M = 512 on
+    an H200), 64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle."""
+    cfg = dict(BM=128, BN=128, TM=8, TN=4) if M >= 256 else dict(BM=64, BN=64, TM=4, TN=4)
     cfg["WG"] = (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])
     return cfg
 
@@ -250,7 +254,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
         raise ValueError("int8 activations and int8 weights go through the GEMV only (M == 1)")
     for s in lin.slices:
         if kind == "gemv":
-            cfg = dict(config or gemv_config(dev, lin.K))
+            cfg = dict(config or gemv_config(dev, lin.K, lin.N))
             cfg["SUBGROUPS"] = dev.has_subgroups
             cfg["Q8"] = q8
             cfg["W8"] = lin.w8
