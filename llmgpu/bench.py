@@ -75,13 +75,14 @@ def _mean_sd(xs):
 
 def encode_seconds(model, reps: int = 20) -> float:
     """CPU time to record one decode step's dispatches into a command buffer."""
+    from . import fastpath
     ops = model.ops(1, True)
+    raw = fastpath.compile_ops(ops)
     t0 = time.perf_counter()
     for _ in range(reps):
         enc = model.dev.device.create_command_encoder()
         cpass = enc.begin_compute_pass()
-        for op in ops:
-            op.record(cpass)
+        fastpath.record(cpass, ops, raw)
         cpass.end()
         enc.finish()
     return (time.perf_counter() - t0) / reps

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import fastpath
 from .gpu import Device, Pipeline
 from .quant import Q4Tensor, Q8Tensor
 
@@ -34,12 +35,12 @@ class Op:
         cpass.dispatch_workgroups(*self.grid)
 
 
-def submit(dev: Device, ops: list[Op], sync: bool = False) -> None:
-    """Record ops into one compute pass and submit (optionally wait for the GPU)."""
+def submit(dev: Device, ops: list[Op], sync: bool = False, raw: list | None = None) -> None:
+    """Record ops into one compute pass and submit (optionally wait for the GPU).
+    raw: fastpath.compile_ops(ops), computed once for ops recorded often."""
     enc = dev.device.create_command_encoder()
     cpass = enc.begin_compute_pass()
-    for op in ops:
-        op.record(cpass)
+    fastpath.record(cpass, ops, raw)
     cpass.end()
     dev.queue.submit([enc.finish()])
     if sync:

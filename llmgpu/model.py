@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig, rope_inv_freq
+from . import fastpath
 from .gpu import UNIFORM, Device
 from .kernels import Op, Q4Linear, act_type, linear, q8_act, quantize_q8, submit
 from .loader import Checkpoint
@@ -247,8 +248,8 @@ class Model:
                 ops += self._head_ops(M - 1)
             if len(self._ops) > 8:  # prefill remainders: keep the cache small
                 self._ops.pop(next(k for k in self._ops if k[0] != 1))
-            self._ops[key] = ops
-        return self._ops[key]
+            self._ops[key] = (ops, fastpath.compile_ops(ops))
+        return self._ops[key][0]
 
     # ---- the interface used by generation -------------------------------------------------
     def reset(self) -> None:
@@ -268,7 +269,8 @@ class Model:
         M = len(ids)
         self.dev.write(self.ids, np.asarray(ids, np.uint32))
         self.dev.write(self.step, np.array([self.pos, 0, 0, 0], np.uint32))
-        submit(self.dev, self.ops(M, head))
+        ops = self.ops(M, head)
+        submit(self.dev, ops, raw=self._ops[(M, head)][1])
         self.pos += M
 
     def _read_logits(self, rows: int = 1) -> np.ndarray:
