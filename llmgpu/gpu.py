@@ -72,7 +72,8 @@ def choose_adapter(select: str | None = None):
 
 
 def preprocess(src: str, consts: dict) -> str:
-    """Keep or drop lines between `//#if NAME` / `//#else` / `//#endif` by a bool constant.
+    """Keep or drop lines between `//#if NAME` (or `//#if !NAME`) / `//#else` / `//#endif`
+    by a bool constant.
 
     Needed where the dropped code would not compile at all on this adapter (subgroup
     built-ins without the subgroup feature); ordinary branches use `if (CONST)` instead.
@@ -81,7 +82,8 @@ def preprocess(src: str, consts: dict) -> str:
     for line in src.splitlines():
         t = line.strip()
         if t.startswith("//#if "):
-            stack.append(bool(consts[t[6:].strip()]))
+            name = t[6:].strip()
+            stack.append(not consts[name[1:]] if name.startswith("!") else bool(consts[name]))
         elif t == "//#else":
             stack[-1] = not stack[-1]
         elif t == "//#endif":

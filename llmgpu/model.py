@@ -146,6 +146,7 @@ class Model:
         self.step = dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="step", binding=False)
         self._ops: dict = {}  # (M, head) -> the step's ops
         self._row_ops: dict = {}  # (row, out_row) -> final norm + lm_head of one row
+        self._next_decode = None  # a decode step's command buffer, recorded ahead
 
     @classmethod
     def load(cls, source=None, *, group_size: int = 32, max_seq: int = 4096, adapter: str | None = None,
@@ -187,10 +188,9 @@ class Model:
         """RMSNorm of rows row .. row+M of x into out (f32 rows from 0, or int8 blocks)."""
         cfg = self.config
         params = [M, cfg.hidden_size, float(cfg.rms_norm_eps), row]
-        if hasattr(out, "xq"):
-            return self._op("norm", {"WG": 128, "Q8OUT": True}, {}, {1: x, 2: w, 3: out.xq, 4: out.xd},
-                            (M, 1, 1), params)
-        return self._op("norm", {"WG": 128, "Q8OUT": False}, {}, {1: x, 2: w, 3: out}, (M, 1, 1), params)
+        consts = {"WG": 128, "SUBGROUPS": self.dev.has_subgroups, "Q8OUT": hasattr(out, "xq")}
+        binds = {1: x, 2: w, 3: out.xq, 4: out.xd} if hasattr(out, "xq") else {1: x, 2: w, 3: out}
+        return self._op("norm", consts, {}, binds, (M, 1, 1), params)
 
     def _linear(self, lin, x, y, M, residual=False) -> list[Op]:
         return linear(self.dev, lin, x, y, M, residual=residual, config=self._lin_config(lin, M))
@@ -211,10 +211,13 @@ class Model:
                             {1: self.step, 2: self.qkv, 3: self.rope, 4: L.q_norm, 5: L.k_norm, 6: self.q,
                              7: L.kc, 8: L.vc},
                             (nh + 2 * nkv, M, 1), [M, nh, nkv, hd, float(cfg.rms_norm_eps)]))
-        ops.append(self._op("attention", {"WG": 128}, {"cache_t": self.cache_t},
-                            {1: self.step, 2: self.q, 3: L.kc, 4: L.vc, 5: self.scores, 6: self.att},
+        fuse8 = dec and hd % 32 == 0  # attention writes int8 blocks itself (blocks within a head)
+        out = {6: self.att8.xq, 7: self.att8.xd} if fuse8 else {6: self.att}
+        ops.append(self._op("attention", {"WG": 128, "SUBGROUPS": dev.has_subgroups, "Q8OUT": fuse8},
+                            {"cache_t": self.cache_t},
+                            {1: self.step, 2: self.q, 3: L.kc, 4: L.vc, 5: self.scores, **out},
                             (nh, M, 1), [M, nh, nkv, hd, self.max_seq, float(hd ** -0.5)]))
-        if dec:
+        if dec and not fuse8:
             ops.append(quantize_q8(dev, self.att, self.att8, act="f32"))
         ops += self._linear(L.o, att_in, self.h, M, residual=True)
         ops.append(self._norm(self.h, L.mlp_norm, M, x_in))
@@ -265,12 +268,24 @@ class Model:
             raise ValueError(f"prompt plus new tokens ({self.pos + n}) exceed the context of {self.max_seq} "
                              f"tokens; start a new conversation or load with a larger context (--ctx)")
 
+    def _record(self, M: int, head: bool):
+        ops = self.ops(M, head)
+        enc = self.dev.device.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        fastpath.record(cpass, ops, self._ops[(M, head)][1])
+        cpass.end()
+        return enc.finish()
+
     def _run(self, ids, head: bool) -> None:
         M = len(ids)
         self.dev.write(self.ids, np.asarray(ids, np.uint32))
         self.dev.write(self.step, np.array([self.pos, 0, 0, 0], np.uint32))
-        ops = self.ops(M, head)
-        submit(self.dev, ops, raw=self._ops[(M, head)][1])
+        decode = M == 1 and head
+        cmd = self._next_decode if decode and self._next_decode is not None else self._record(M, head)
+        self.dev.queue.submit([cmd])
+        self._next_decode = None
+        if decode:  # record the next step's dispatches while the GPU runs this one
+            self._next_decode = self._record(1, True)
         self.pos += M
 
     def _read_logits(self, rows: int = 1) -> np.ndarray:

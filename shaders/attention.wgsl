@@ -1,6 +1,8 @@
 // Causal grouped-query attention of M new queries over the KV cache (prefill and decode).
 //
-// Prepended: alias cache_t (f16 | f32); const WG (a multiple of hd/4).
+// Prepended: alias cache_t (f16 | f32); const WG (a multiple of hd/4); const SUBGROUPS
+// (reductions by subgroupMax/subgroupAdd, one barrier each, instead of a tree); const Q8OUT
+// (write the output as int8 blocks for the O projection's GEMV; needs hd % 32 == 0).
 // Bindings (group 0):
 //   0 uniform  P: M, n_heads, n_kv, hd, max_seq, scale (f32 bits)
 //   1 uniform  S: pos0 — cache position of query row 0
@@ -8,7 +10,8 @@
 //   3 storage  kc   array<vec4<cache_t>>  (max_seq, n_kv, hd/4)
 //   4 storage  vc   array<vec4<cache_t>>  (max_seq, n_kv, hd/4)
 //   5 storage  sc   array<f32>            (M·n_heads, max_seq)   scratch: scores, then weights
-//   6 storage  out  array<vec4<f32>>      (M, n_heads, hd/4)
+//   6 storage  out  array<vec4<f32>>      (M, n_heads, hd/4)   when !Q8OUT
+//   6 storage  xq   array<vec4<u32>>      (M, n_heads·hd/16)   7 xd array<vec2<f32>>  when Q8OUT
 // Workgroup (h, m) attends query row m of head h over cache positions 0 ..= pos0 + m, with the
 // key/value head h / (n_heads / n_kv): scores (one key per invocation), max and sum by tree
 // reductions, then hd/4 lanes × (WG·4/hd) position groups accumulate the weighted values.
@@ -21,14 +24,53 @@ struct Step { pos0: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(3) var<storage, read> kc: array<vec4<cache_t>>;
 @group(0) @binding(4) var<storage, read> vc: array<vec4<cache_t>>;
 @group(0) @binding(5) var<storage, read_write> sc: array<f32>;
+//#if Q8OUT
+@group(0) @binding(6) var<storage, read_write> xq: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> xd: array<vec2<f32>>;
+//#include q8_common
+//#else
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+//#endif
 
 var<workgroup> qs: array<vec4<f32>, 64>;     // hd ≤ 256
 var<workgroup> red: array<f32, WG>;
 var<workgroup> acc: array<vec4<f32>, WG>;
 
+// Workgroup-wide max / sum, the result in every invocation. Call from uniform control flow.
+fn reduce(v: f32, lid: u32, sgs: u32, is_max: bool) -> f32 {
+    workgroupBarrier();   // red may still be read from the previous reduction
+//#if SUBGROUPS
+    var r = subgroupAdd(v);
+    if (is_max) { r = subgroupMax(v); }
+    if (lid % sgs == 0u) { red[lid / sgs] = r; }
+    workgroupBarrier();
+    var t = red[0];
+    for (var i = 1u; i < WG / sgs; i++) {
+        if (is_max) { t = max(t, red[i]); } else { t += red[i]; }
+    }
+    return t;
+//#else
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if (lid < s) {
+            if (is_max) { red[lid] = max(red[lid], red[lid + s]); } else { red[lid] += red[lid + s]; }
+        }
+        workgroupBarrier();
+    }
+    return red[0];
+//#endif
+}
+
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+//#if SUBGROUPS
+        @builtin(subgroup_size) sgs: u32,
+//#endif
+        ) {
+//#if !SUBGROUPS
+    let sgs = 1u;
+//#endif
     let h = wid.x;
     let m = wid.y;
     let d4 = P.hd / 4u;
@@ -47,28 +89,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         sc[sbase + t] = s;
         mx = max(mx, s);
     }
-    red[lid] = mx;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s /= 2u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    let gmax = red[0];
-    workgroupBarrier();
+    let gmax = reduce(mx, lid, sgs, true);
     var sum = 0.0;
     for (var t = lid; t < L; t += WG) {
         let p = exp(sc[sbase + t] - gmax);
         sc[sbase + t] = p;
         sum += p;
     }
-    red[lid] = sum;
     storageBarrier();
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s /= 2u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
+    let total = reduce(sum, lid, sgs, false);
 
     let lane = lid % d4;
     let tg = lid / d4;
@@ -82,6 +111,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (tg == 0u) {
         var o = acc[lane];
         for (var g = 1u; g < ngroups; g++) { o += acc[g * d4 + lane]; }
-        out[qbase + lane] = o / total;
+        qs[lane] = o / total;   // q is no longer needed: reuse its space for the output
     }
+    workgroupBarrier();
+//#if Q8OUT
+    for (var b = lid; b < P.hd / 32u; b += WG) {
+        let i = b * 8u;
+        let r = q8_block(qs[i], qs[i + 1u], qs[i + 2u], qs[i + 3u], qs[i + 4u], qs[i + 5u], qs[i + 6u], qs[i + 7u]);
+        let blk = (m * P.n_heads + h) * (P.hd / 32u) + b;
+        xq[2u * blk] = r.w0;
+        xq[2u * blk + 1u] = r.w1;
+        xd[blk] = r.d;
+    }
+//#else
+    for (var i = lid; i < d4; i += WG) { out[qbase + i] = qs[i]; }
+//#endif
 }

@@ -1,6 +1,7 @@
 // RMSNorm over rows: out = x / sqrt(mean(x²) + eps) · w, as Hugging Face's LlamaRMSNorm (f32).
 //
-// Prepended: const WG (threads), const Q8OUT (write int8 blocks for the Q8 GEMV instead of f32).
+// Prepended: const WG (threads), const Q8OUT (write int8 blocks for the Q8 GEMV instead of f32),
+// const SUBGROUPS (sum by subgroupAdd and one barrier instead of a tree).
 // Bindings (group 0):
 //   0 uniform  P: M, D (a multiple of 32), eps (f32 bits), row0 (first row of x to normalise)
 //   1 storage  x    array<vec4<f32>>  (row0 + M, D/4)
@@ -25,7 +26,11 @@ struct Params { M: u32, D: u32, eps: f32, row0: u32 }
 var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+//#if SUBGROUPS
+        @builtin(subgroup_size) sgs: u32,
+//#endif
+        ) {
     let row = wid.x;
     let d4 = P.D / 4u;
     let base = (P.row0 + row) * d4;
@@ -34,13 +39,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let v = x[base + i];
         ss += dot(v, v);
     }
+//#if SUBGROUPS
+    let part = subgroupAdd(ss);
+    if (lid % sgs == 0u) { red[lid / sgs] = part; }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < WG / sgs; i++) { total += red[i]; }
+//#else
     red[lid] = ss;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s /= 2u) {
         if (lid < s) { red[lid] += red[lid + s]; }
         workgroupBarrier();
     }
-    let r = inverseSqrt(red[0] / f32(P.D) + P.eps);
+    let total = red[0];
+//#endif
+    let r = inverseSqrt(total / f32(P.D) + P.eps);
     for (var b = lid; b < P.D / 32u; b += WG) {
         let i = base + b * 8u;
         let j = b * 8u;
