@@ -83,7 +83,7 @@ def stream_bandwidth(dev: Device, nbytes: int = 1 << 30, reps: int = 20) -> floa
 
 def _copies(dev, N, K, gs, rng, budget):
     one = N * K // 2 + N * (K // gs) * 2
-    n = max(1, min(8, -(-budget // one)))
+    n = max(1, min(64, -(-budget // one)))  # small weights: many copies, still past the L2
     return [Q4Linear(dev, random_q4(N, K, gs, rng), label=f"w{N}x{K}#{i}") for i in range(n)], one
 
 

@@ -213,7 +213,8 @@ class Model:
                             (nh + 2 * nkv, M, 1), [M, nh, nkv, hd, float(cfg.rms_norm_eps)]))
         fuse8 = dec and hd % 32 == 0  # attention writes int8 blocks itself (blocks within a head)
         out = {6: self.att8.xq, 7: self.att8.xd} if fuse8 else {6: self.att}
-        ops.append(self._op("attention", {"WG": 128, "SUBGROUPS": dev.has_subgroups, "Q8OUT": fuse8},
+        ops.append(self._op("attention", {"WG": 256, "D4": hd // 4, "SUBGROUPS": dev.has_subgroups,
+                                          "Q8OUT": fuse8},
                             {"cache_t": self.cache_t},
                             {1: self.step, 2: self.q, 3: L.kc, 4: L.vc, 5: self.scores, **out},
                             (nh, M, 1), [M, nh, nkv, hd, self.max_seq, float(hd ** -0.5)]))

@@ -1,6 +1,7 @@
 // Causal grouped-query attention of M new queries over the KV cache (prefill and decode).
 //
-// Prepended: alias cache_t (f16 | f32); const WG (a multiple of hd/4); const SUBGROUPS
+// Prepended: alias cache_t (f16 | f32); const WG (a multiple of hd/4); const D4 = hd/4 (a
+// compile-time loop bound, so the dot products unroll and their loads overlap); const SUBGROUPS
 // (reductions by subgroupMax/subgroupAdd, one barrier each, instead of a tree); const Q8OUT
 // (write the output as int8 blocks for the O projection's GEMV; needs hd % 32 == 0).
 // Bindings (group 0):
@@ -73,7 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 //#endif
     let h = wid.x;
     let m = wid.y;
-    let d4 = P.hd / 4u;
+    let d4 = D4;
     let j = h / (P.n_heads / P.n_kv);
     let L = S.pos0 + m + 1u;
     let sbase = (m * P.n_heads + h) * P.max_seq;
@@ -84,10 +85,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var mx = -3.0e38;
     for (var t = lid; t < L; t += WG) {
         let kb = (t * P.n_kv + j) * d4;
-        var s = 0.0;
-        for (var i = 0u; i < d4; i++) { s += dot(qs[i], vec4<f32>(kc[kb + i])); }
-        sc[sbase + t] = s;
-        mx = max(mx, s);
+        var s = vec4<f32>(0.0);
+        for (var i = 0u; i < D4; i++) { s = fma(qs[i], vec4<f32>(kc[kb + i]), s); }
+        let st = s.x + s.y + s.z + s.w;
+        sc[sbase + t] = st;
+        mx = max(mx, st);
     }
     let gmax = reduce(mx, lid, sgs, true);
     var sum = 0.0;
@@ -102,11 +104,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lane = lid % d4;
     let tg = lid / d4;
     let ngroups = WG / d4;
-    var a = vec4<f32>(0.0);
-    for (var t = tg; t < L; t += ngroups) {
-        a += sc[sbase + t] * vec4<f32>(vc[(t * P.n_kv + j) * d4 + lane]);
+    // four positions per iteration with separate sums: four independent loads in flight
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    let vstride = P.n_kv * d4;
+    let vb = j * d4 + lane;
+    var t = tg;
+    for (; t + 3u * ngroups < L; t += 4u * ngroups) {
+        a0 = fma(vec4<f32>(sc[sbase + t]), vec4<f32>(vc[t * vstride + vb]), a0);
+        a1 = fma(vec4<f32>(sc[sbase + t + ngroups]), vec4<f32>(vc[(t + ngroups) * vstride + vb]), a1);
+        a2 = fma(vec4<f32>(sc[sbase + t + 2u * ngroups]), vec4<f32>(vc[(t + 2u * ngroups) * vstride + vb]), a2);
+        a3 = fma(vec4<f32>(sc[sbase + t + 3u * ngroups]), vec4<f32>(vc[(t + 3u * ngroups) * vstride + vb]), a3);
     }
-    acc[lid] = a;
+    for (; t < L; t += ngroups) {
+        a0 = fma(vec4<f32>(sc[sbase + t]), vec4<f32>(vc[t * vstride + vb]), a0);
+    }
+    acc[lid] = (a0 + a1) + (a2 + a3);
     workgroupBarrier();
     if (tg == 0u) {
         var o = acc[lane];

@@ -36,8 +36,9 @@ ARCHS = {
 }
 
 
-def make_checkpoint(tmp_path, arch, rng):
+def make_checkpoint(tmp_path, arch, rng, **extra):
     cls_name, kw = ARCHS[arch]
+    kw = {**kw, **extra}
     torch.manual_seed(int(rng.integers(2**31)))
     cfg = getattr(transformers, cls_name)(**{**BASE, **kw})
     hf = transformers.AutoModelForCausalLM.from_config(cfg)
@@ -127,3 +128,14 @@ def test_fallback_device_path(tmp_path, rng):
     m = Model(ckpt, dev=get_device(f16=False, subgroups=False), max_seq=32, chunk=4, q8=False)
     assert m.cache_t == "f32"
     assert rel(m.logits(ids), ref) < 1e-4
+
+
+def test_long_context(tmp_path, rng):
+    """300 positions: the attention's unrolled value loop (4 position groups per iteration) and
+    several prefill chunks, then decode steps at the far end of the cache."""
+    ckpt, hf_cfg = make_checkpoint(tmp_path, "qwen3", rng, max_position_embeddings=512)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 300)]
+    ref = reference_logits(ckpt, hf_cfg, ids)
+    m = Model(ckpt, dev=get_device(), max_seq=320, chunk=128, q8=False)
+    out = [m.prefill(ids[:296])] + [m.decode(t) for t in ids[296:]]
+    assert rel(np.stack(out), ref[295:]) < 1e-2
