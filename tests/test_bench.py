@@ -1,0 +1,76 @@
+"""`llmgpu bench` and `llmgpu bench kernels` on lavapipe (CI): the commands run, their output
+parses and carries its fields, errors are one clear line. No speed is asserted here."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmgpu import cli
+from llmgpu.bench import random_checkpoint
+from llmgpu.shapes import get_shape
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_bench_json_fields(capsys):
+    rc, out, _ = run(capsys, "bench", "--shape", "tiny", "-p", "16", "-n", "4", "-r", "2", "--json",
+                     "--stream-bytes", str(8 << 20))
+    assert rc == 0
+    res = json.loads(out)
+    assert res["model"] == "tiny" and res["stream_read_gbs"] > 0 and res["repetitions"] == 2
+    pp, tg = res["rows"]
+    assert pp["test"] == "pp16" and pp["tps"] > 0 and pp["sd"] >= 0
+    assert tg["test"] == "tg4" and tg["tps"] > 0
+    for k in ("bytes_per_token", "gbs", "roofline_pct", "encode_ms", "dispatches"):
+        assert tg[k] > 0, k
+    assert tg["dispatches"] == 1 + 2 * 9 + 2  # embed, 9 per layer, final norm + lm_head
+
+
+def test_bench_table_csv_and_profile(capsys):
+    rc, out, _ = run(capsys, "bench", "--shape", "tiny", "-p", "8", "-n", "2", "-r", "1", "--profile",
+                     "--stream-bytes", str(8 << 20))
+    assert rc == 0
+    lines = out.splitlines()
+    assert any("|    pp8 |" in ln for ln in lines) and any("|    tg2 |" in ln for ln in lines)
+    assert "GPU time of one decode step by kernel" in out and "q4gsw_gemv:main" in out
+    rc, out, _ = run(capsys, "bench", "--shape", "tiny", "-p", "8", "-n", "2", "-r", "1", "--csv",
+                     "--stream-bytes", str(8 << 20))
+    rows = out.strip().splitlines()
+    assert rc == 0 and rows[0].startswith("model,adapter,test,tps") and len(rows) == 3
+
+
+def test_bench_kernels_json(capsys):
+    rc, out, _ = run(capsys, "bench", "kernels", "--shapes", "tiny", "-m", "8", "--repeat", "4", "--json",
+                     "--stream-bytes", str(8 << 20), "--cache-bytes", str(1 << 20))
+    assert rc == 0
+    res = json.loads(out)
+    s = get_shape("tiny")
+    shapes = {(r["N"], r["K"]) for r in res["rows"]}
+    assert (s["vocab_size"], s["hidden_size"]) in shapes and (s["hidden_size"], s["intermediate_size"]) in shapes
+    for r in res["rows"]:
+        assert r["gemv_us"] > 0 and r["gemv_gbs"] > 0 and r["gemm_tflops"] > 0 and r["roofline_pct"] > 0
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["bench", "--shape", "no-such-shape"], "unknown shape 'no-such-shape'"),
+    (["bench", "--shape", "tiny", "--model", "x"], "--model or --shape, not both"),
+    (["bench", "kernels", "--shapes", "nope"], "unknown shape"),
+    (["bench", "-p", "notanumber"], "invalid int value"),
+])
+def test_bench_errors_are_one_line(argv, msg):
+    r = subprocess.run([sys.executable, "-m", "llmgpu.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmgpu: error:") and msg in lines[0], r.stderr
+
+
+def test_random_checkpoint_has_the_preset_dimensions():
+    ck = random_checkpoint("tiny")
+    s = get_shape("tiny")
+    assert ck.config.hidden_size == s["hidden_size"] and ck.config.num_hidden_layers == s["num_hidden_layers"]
+    assert ck.tensors["model.layers.1.mlp.down_proj.weight"].shape == (s["hidden_size"], s["intermediate_size"])
