@@ -11,9 +11,11 @@ python3 -m pytest -q -x tests/test_kernels.py -p no:cacheprovider 2>&1 | tail -2
 python3 -m llmgpu.cli bench kernels --sweep --json > "$OUT/kernels.json" 2> "$OUT/kernels_sweep.log"
 python3 bench/summarize_kernels.py "$OUT/kernels.json" | tee "$OUT/kernels.txt"
 for s in $shapes; do
-  python3 -m llmgpu.cli bench --shape "$s" -p 512 -n 128 -r 5 --profile 2>&1 | tee -a "$OUT/bench.txt"
+  python3 -m llmgpu.cli bench --shape "$s" -p 512 -n 128 -r 5 --profile --json > "$OUT/bench-$s.json"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(d['model'], r) for r in d['rows']]; [print('  ', p) for p in d['profile'][:6]]" "$OUT/bench-$s.json"
 done
 python3 bench/peer_torch_int4.py 2>&1 | grep -v JSON | tee "$OUT/torch_int4.txt"
 if [ -f .device/peer/peer.sh ]; then
   bash .device/peer/peer.sh $shapes 2>&1 | tee "$OUT/llamacpp.txt"
 fi
+python3 bench/compare.py "$OUT" | tee "$OUT/table.md"
