@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+import wgpu
 
 from .config import ModelConfig, rope_inv_freq
 from . import fastpath
@@ -147,6 +148,8 @@ class Model:
         self._ops: dict = {}  # (M, head) -> the step's ops
         self._row_ops: dict = {}  # (row, out_row) -> final norm + lm_head of one row
         self._next_decode = None  # a decode step's command buffer, recorded ahead
+        self.staging = dev.device.create_buffer(size=V * F32, usage=wgpu.BufferUsage.MAP_READ |
+                                                wgpu.BufferUsage.COPY_DST, label="logits.staging")  # (V,) f32
 
     @classmethod
     def load(cls, source=None, *, group_size: int = 32, max_seq: int = 4096, adapter: str | None = None,
@@ -275,6 +278,8 @@ class Model:
         cpass = enc.begin_compute_pass()
         fastpath.record(cpass, ops, self._ops[(M, head)][1])
         cpass.end()
+        if head:  # the logits row goes straight to a mappable buffer in the same submission
+            enc.copy_buffer_to_buffer(self.logits_buf, 0, self.staging, 0, self.config.vocab_size * F32)
         return enc.finish()
 
     def _run(self, ids, head: bool) -> None:
@@ -289,9 +294,17 @@ class Model:
             self._next_decode = self._record(1, True)
         self.pos += M
 
-    def _read_logits(self, rows: int = 1) -> np.ndarray:
+    def _read_staged(self) -> np.ndarray:
+        """The logits (V,) that the last step with head=True copied into self.staging."""
         V = self.config.vocab_size
-        return self.dev.read(self.logits_buf, np.float32, (rows, V))
+        self.staging.map_sync(wgpu.MapMode.READ)
+        try:
+            return np.frombuffer(self.staging.read_mapped(0, V * F32), np.float32).copy()
+        finally:
+            self.staging.unmap()
+
+    def _read_logits(self, rows: int) -> np.ndarray:
+        return self.dev.read(self.logits_buf, np.float32, (rows, self.config.vocab_size))
 
     def prefill(self, ids) -> np.ndarray:
         """Append ids to the cache (in chunks); return the last token's logits (vocab,) f32."""
@@ -303,14 +316,14 @@ class Model:
         for s in range(0, len(ids), self.chunk):
             part = ids[s:s + self.chunk]
             self._run(part, head=s + self.chunk >= len(ids))
-        return self._read_logits()[0]
+        return self._read_staged()
 
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token; return its logits (vocab,) f32."""
         self._check_room(1)
         self._validate([token_id])
         self._run([int(token_id)], head=True)
-        return self._read_logits()[0]
+        return self._read_staged()
 
     def logits(self, ids) -> np.ndarray:
         """From an empty cache, the logits of every position (len(ids), vocab) f32."""
