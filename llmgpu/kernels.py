@@ -98,7 +98,7 @@ class Q4Linear:
                 dev.buffer(np.asarray(bias[n0:n1], np.float32), label=f"{label}.bias") if bias is not None else None))
 
 
-def gemv_snippets(R: int, q8: bool = False, w8: bool = False) -> dict:
+def gemv_snippets(R: int, q8: bool = False, w8: bool = False, silu: bool = False) -> dict:
     """Unrolled code for q4gsw_gemv.wgsl: R named accumulators and the chunk's activations."""
     row = lambda r: f"min(row0 + {r}u, N - 1u)"  # noqa: E731  (clamped: loads stay in bounds)
     if w8:
@@ -130,7 +130,11 @@ def gemv_snippets(R: int, q8: bool = False, w8: bool = False) -> dict:
             body.append(f"        acc{r} += f32(sc[gi{r}]) * (16.0 * d{r} - 24.0 * xsum);")
             body.append(f"        if (HAS_OFFSETS) {{ acc{r} += off[gi{r}] * xsum; }}")
     out = []
-    for r in range(R):
+    for r in range(R if silu else 0):  # the workgroup's 64 sums to workgroup memory
+        out += ["        {", "            var s = 0.0;",
+                f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}",
+                f"            ys[rg * R + {r}u] = s;", "        }"]
+    for r in range(0 if silu else R):
         out += [f"        if (row0 + {r}u < N) {{",
                 "            var s = 0.0;",
                 f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}",
@@ -235,12 +239,19 @@ def gemm_config(dev: Device, M: int) -> dict:
     return cfg
 
 
+def silu_gemv_config(dev: Device) -> dict:
+    """A GEMV shape with 64 rows per workgroup, as the fused gate/up + SiLU epilogue needs."""
+    return dict(WG=128, TPR=16, R=8) if dev.is_cpu else dict(WG=256, TPR=16, R=4)
+
+
 def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
-           config: dict | None = None, force: str | None = None) -> list[Op]:
+           config: dict | None = None, force: str | None = None, silu: bool = False) -> list[Op]:
     """Record y(M, N) = x(M, K) · Wᵀ (+ y when residual). x, y: GPU buffers of act dtype.
 
     M == 1 routes to the GEMV, M > 1 to the GEMM (`force` = "gemv"/"gemm" overrides, for
-    benchmarks). Returns one Op per row slice of the weight.
+    benchmarks). Returns one Op per row slice of the weight. silu: the weight is a gate/up pair
+    interleaved in blocks of 32 rows and y is a Q8Act of N/2 values that receives silu(gate)·up
+    (GEMV, one slice, 64 rows per workgroup).
     """
     kind = force or ("gemv" if M == 1 else "gemm")
     if kind == "gemv" and M != 1:
@@ -253,19 +264,27 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
     q8 = isinstance(x, Q8Act)
     if (q8 or lin.w8) and kind != "gemv":
         raise ValueError("int8 activations and int8 weights go through the GEMV only (M == 1)")
+    if silu and (kind != "gemv" or len(lin.slices) != 1 or lin.N % 64 or not isinstance(y, Q8Act)):
+        raise ValueError("the fused SiLU epilogue needs the GEMV, one weight slice, N % 64 == 0, int8 output")
     for s in lin.slices:
         if kind == "gemv":
-            cfg = dict(config or gemv_config(dev, lin.K, lin.N))
+            cfg = dict(config or (silu_gemv_config(dev) if silu else gemv_config(dev, lin.K, lin.N)))
+            if silu and cfg["WG"] // cfg["TPR"] * cfg["R"] != 64:
+                raise ValueError(f"the fused SiLU epilogue needs 64 rows per workgroup, not {cfg}")
             cfg["SUBGROUPS"] = dev.has_subgroups
+            cfg["SILU"] = silu
             cfg["Q8"] = q8
             cfg["W8"] = lin.w8
             pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **common},
-                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"], q8, lin.w8))
+                                types={"act_t": t, "scale_t": scale_t}, snippets=gemv_snippets(cfg["R"], q8, lin.w8, silu))
             rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
             params = dev.uniform([s.n, lin.K], label=f"{lin.label}.gemv.params")
             esz = 2 if t == "f16" else 4
-            ybuf, yoff = (y[0], y[1]) if isinstance(y, tuple) else (y, 0)  # (buffer, byte offset, size)
-            ybind = (ybuf, yoff + s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
+            if silu:
+                ybind = y.xq
+            else:
+                ybuf, yoff = (y[0], y[1]) if isinstance(y, tuple) else (y, 0)  # (buffer, byte offset, size)
+                ybind = (ybuf, yoff + s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
             grid = dev.grid(-(-s.n // rows_per_wg))
         else:
             cfg = dict(config or gemm_config(dev, M))
@@ -286,6 +305,8 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
             binds[6] = x.xd
         if lin.has_bias:
             binds[7] = s.bias
+        if silu:
+            binds[8] = y.xd
         bg = dev.bind_group(pipe, binds)
         ops.append(Op(pipe, bg, grid, keep=[params]))
     return ops

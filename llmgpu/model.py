@@ -27,6 +27,14 @@ from .quant import Q4Tensor, Q8Tensor, dequantize
 F32 = 4
 
 
+def _interleave32(t: Q4Tensor) -> Q4Tensor:
+    """Rows [gate; up] (2F rows) reordered to blocks of 32: gate 0-31, up 0-31, gate 32-63, ...
+    so that one GEMV workgroup holds both halves of 32 SwiGLU outputs."""
+    F = t.shape[0] // 2
+    idx = np.arange(2 * F).reshape(2, F // 32, 32).transpose(1, 0, 2).reshape(-1)
+    return Q4Tensor(t.qweight[idx], t.scales[idx], t.group_size, None if t.offsets is None else t.offsets[idx])
+
+
 def _cat_rows(ts: list[Q4Tensor]) -> Q4Tensor:
     """Stack q4gsw weights along N (fused QKV, gate/up). Offsets are zero where a part has none."""
     gs = {t.group_size for t in ts}
@@ -46,7 +54,7 @@ class Layer:
     mlp_norm: object  # (d,) f32
     qkv: Q4Linear  # (q_dim + 2·kv_dim, d), biases fused
     o: Q4Linear  # (d, q_dim)
-    gate_up: Q4Linear  # (2·ff, d): gate rows then up rows
+    gate_up: Q4Linear  # (2·ff, d): gate and up rows interleaved in blocks of 32
     down: Q4Linear  # (d, ff)
     q_norm: object  # (hd,) f32 or a dummy
     k_norm: object
@@ -112,7 +120,8 @@ class Model:
                                              q4(a + "v_proj.weight")]), label=f"L{i}.qkv", bias=qkv_bias),
                 o=Q4Linear(dev, q4(a + "o_proj.weight"), label=f"L{i}.o",
                            bias=np.asarray(T[a + "o_proj.bias"], np.float32) if a + "o_proj.bias" in T else None),
-                gate_up=Q4Linear(dev, _cat_rows([q4(p + "mlp.gate_proj.weight"), q4(p + "mlp.up_proj.weight")]),
+                gate_up=Q4Linear(dev, _interleave32(_cat_rows([q4(p + "mlp.gate_proj.weight"),
+                                                               q4(p + "mlp.up_proj.weight")])),
                                  label=f"L{i}.gate_up"),
                 down=Q4Linear(dev, q4(p + "mlp.down_proj.weight"), label=f"L{i}.down"),
                 q_norm=f32(a + "q_norm.weight") if cfg.qk_norm else dummy,
@@ -225,11 +234,14 @@ class Model:
             ops.append(quantize_q8(dev, self.att, self.att8, act="f32"))
         ops += self._linear(L.o, att_in, self.h, M, residual=True)
         ops.append(self._norm(self.h, L.mlp_norm, M, x_in))
-        ops += self._linear(L.gate_up, x_in, self.gu, M)
         ff = cfg.intermediate_size
-        out = {2: act_in.xq, 3: act_in.xd} if dec else {2: act_in}
-        ops.append(self._op("silu_mul", {"WG": 64, "Q8OUT": dec}, {}, {1: self.gu, **out},
-                            dev.grid(-(-M * (ff // 32) // 64)), [M, ff]))
+        if dec and len(L.gate_up.slices) == 1:  # gate/up GEMV writes silu(gate)·up as int8 itself
+            ops += linear(dev, L.gate_up, x_in, act_in, 1, silu=True)
+        else:
+            ops += self._linear(L.gate_up, x_in, self.gu, M)
+            out = {2: act_in.xq, 3: act_in.xd} if dec else {2: act_in}
+            ops.append(self._op("silu_mul", {"WG": 64, "Q8OUT": dec}, {}, {1: self.gu, **out},
+                                dev.grid(-(-M * (ff // 32) // 64)), [M, ff]))
         ops += self._linear(L.down, act_in, self.h, M, residual=True)
         return ops
 

@@ -12,6 +12,11 @@
 //                      //#if SUBGROUPS blocks are dropped before compiling when false
 //   const RESIDUAL     y = residual + x·Wᵀ (residual read from y itself before writing)
 //   const HAS_BIAS     y += bias (binding 7)
+//   const SILU         the weight is a fused gate/up projection, rows interleaved in blocks of
+//                      32 (gate rows j..j+31, then up rows j..j+31): each workgroup computes one
+//                      such pair of blocks (ROWS_PER_WG = 64) and writes silu(gate)·up as one
+//                      int8 block (bindings 5: yq array<vec4<u32>>, 8: yd array<vec2<f32>>),
+//                      the down projection's input, instead of y
 //   const W8           the weight is int8 (quant.Q8Tensor: 2 × vec4<u32> per 32 values, scales
 //                      per 32) instead of q4gsw — the lm_head's format
 //   const Q8           activations arrive quantized to int8 per 32 (quantize_q8.wgsl), and
@@ -50,7 +55,15 @@ struct Params { N: u32, K: u32, _a: u32, _b: u32 }
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> sc: array<scale_t>;
 @group(0) @binding(4) var<storage, read> off: array<f32>;
+//#if SILU
+@group(0) @binding(5) var<storage, read_write> yq: array<vec4<u32>>;
+@group(0) @binding(8) var<storage, read_write> yd: array<vec2<f32>>;
+var<workgroup> ys: array<f32, 64>;
+var<workgroup> av: array<vec4<f32>, 8>;
+//#include q8_common
+//#else
 @group(0) @binding(5) var<storage, read_write> y: array<act_t>;
+//#endif
 //#if HAS_BIAS
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 //#endif
@@ -133,4 +146,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lane == 0u) {
 //@OUT
     }
+//#if SILU
+    workgroupBarrier();
+    if (lid < 8u) {
+        let i = 4u * lid;
+        let g = vec4<f32>(ys[i], ys[i + 1u], ys[i + 2u], ys[i + 3u]);
+        let u = vec4<f32>(ys[i + 32u], ys[i + 33u], ys[i + 34u], ys[i + 35u]);
+        av[lid] = g / (1.0 + exp(-g)) * u;
+    }
+    workgroupBarrier();
+    let blk = wid.x + wid.y * nwg.x;
+    if (lid == 0u && blk * 64u < N) {
+        let q = q8_block(av[0], av[1], av[2], av[3], av[4], av[5], av[6], av[7]);
+        yq[2u * blk] = q.w0;
+        yq[2u * blk + 1u] = q.w1;
+        yd[blk] = q.d;
+    }
+//#endif
 }

@@ -3,7 +3,8 @@
 // Prepended: const WG, const Q8OUT (int8 blocks for the Q8 GEMV instead of f32).
 // Bindings (group 0):
 //   0 uniform  P: M, F (intermediate size, a multiple of 32)
-//   1 storage  gu   array<vec4<f32>>  (M, 2F/4)   row m: gate (F values) then up (F values)
+//   1 storage  gu   array<vec4<f32>>  (M, 2F/4)   row m: per block of 32 outputs, 32 gate values
+//                                                 then 32 up values (the fused weight's row order)
 //   2 storage  out  array<vec4<f32>>  (M, F/4)    when !Q8OUT
 //   2 storage  xq   array<vec4<u32>>  (M, F/16)   3 storage xd array<vec2<f32>> (M, F/32)  when Q8OUT
 // One invocation per block of 32 outputs.
@@ -19,9 +20,9 @@ struct Params { M: u32, F: u32, _a: u32, _b: u32 }
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 //#endif
 
-fn silu_mul(i: u32) -> vec4<f32> {   // i: vec4 index into gu's gate half
+fn silu_mul(i: u32) -> vec4<f32> {   // i: vec4 index of gate values in gu; up is 8 vec4s on
     let g = gu[i];
-    return g / (1.0 + exp(-g)) * gu[i + P.F / 4u];
+    return g / (1.0 + exp(-g)) * gu[i + 8u];
 }
 
 @compute @workgroup_size(WG)
@@ -30,7 +31,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let nb = P.F / 32u;
     if (b >= P.M * nb) { return; }
     let m = b / nb;
-    let i = m * (P.F / 2u) + (b % nb) * 8u;   // gu row m starts at m·2F/4 vec4s
+    let i = m * (P.F / 2u) + (b % nb) * 16u;  // gu row m starts at m·2F/4 vec4s; 16 vec4s a block
 //#if Q8OUT
     let q = q8_block(silu_mul(i), silu_mul(i + 1u), silu_mul(i + 2u), silu_mul(i + 3u),
                      silu_mul(i + 4u), silu_mul(i + 5u), silu_mul(i + 6u), silu_mul(i + 7u));

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from llmgpu.gpu import Device, GpuError
-from llmgpu.kernels import Q4Linear, linear, run_linear
+from llmgpu.kernels import Q4Linear, linear, run_linear, submit
 from llmgpu.quant import dequantize, random_q4
 
 # Error bounds, normwise: ‖y − ref‖ / ‖ |x|·|W|ᵀ ‖, the scale a dot product's rounding error
@@ -175,3 +175,32 @@ def test_int8_weight_gemv(dev, rng, q8):
         assert rel_err(y, ref, x, t) < max(TOL[dev.act_dtype], 1e-3 if q8 else 0)
     with pytest.raises(ValueError, match="GEMV only"):
         run_linear(dev, Q4Linear(dev, t), rng.standard_normal((3, K)))
+
+
+def read_q8(dev, q, K):
+    """Dequantize a Q8Act read back from the GPU: (K,) f32."""
+    words = dev.read(q.xq, np.uint32, (K // 4,))
+    b = words.view(np.int8).reshape(K // 8, 8)[:, np.argsort([0, 2, 4, 6, 1, 3, 5, 7])].reshape(K // 32, 32)
+    d = dev.read(q.xd, np.float32, (K // 32, 2))
+    assert np.array_equal(d[:, 1], 8 * b.astype(np.int64).sum(1)), "the block sums do not match the values"
+    return (b * d[:, :1]).reshape(K)
+
+
+def test_fused_silu_epilogue(dev, rng):
+    """Gate/up GEMV with rows interleaved per 32 writes silu(gate)·up as int8 blocks."""
+    from llmgpu.kernels import q8_act
+    from llmgpu.model import _interleave32
+    from llmgpu.quant import q8_activations
+    F, K = 96, 256
+    t = random_q4(2 * F, K, 32, rng, scale=0.2)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    out = q8_act(dev, F)
+    xb = dev.buffer(x.astype(dev.act_dtype))
+    submit(dev, linear(dev, Q4Linear(dev, _interleave32(t)), xb, out, 1, silu=True))
+    gu = reference(dev, t, x)[0]
+    act = gu[:F] / (1 + np.exp(-gu[:F])) * gu[F:]
+    got = read_q8(dev, out, F)
+    ref = q8_activations(act[None].astype(np.float32))[0]
+    assert np.abs(got - ref).max() <= 2e-3 * np.abs(act).max() + np.abs(ref - act).max()
+    with pytest.raises(ValueError, match="64 rows per workgroup"):
+        linear(dev, Q4Linear(dev, _interleave32(t)), xb, out, 1, silu=True, config=dict(WG=64, TPR=32, R=2))
