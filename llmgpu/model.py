@@ -1,11 +1,12 @@
 """The model on the GPU: weights, KV cache, and prefill / decode as recorded dispatches.
 
-One layer, as the GPU sees it (decode, M = 1; prefill is the same with the GEMM and f32 inputs):
+One layer of decode (M = 1), as the GPU sees it: seven dispatches
 
-    h ─ rmsnorm → int8 ─ QKV GEMV (+bias) ─ rope_kv (q/k norm, RoPE, cache write) ─ attention
-      ─ int8 ─ O GEMV (+= h) ─ rmsnorm → int8 ─ gate/up GEMV ─ silu·mul → int8 ─ down GEMV (+= h)
+    rmsnorm → int8 │ QKV GEMV (+bias) │ attention (q/k norm, RoPE, cache write, → int8)
+    │ O GEMV (+= h) │ rmsnorm → int8 │ gate/up GEMV (→ silu·mul → int8) │ down GEMV (+= h)
 
-then final rmsnorm → int8 → lm_head GEMV → logits. Every buffer, pipeline and bind group exists
+then final rmsnorm │ lm_head GEMV → logits. Prefill (M > 1) runs the GEMM on f32 inputs and
+separate rope_kv and silu_mul dispatches (there, other workgroups' keys are needed). Every buffer, pipeline and bind group exists
 before the first token; a step writes the token id and its position (a uniform shared by every
 layer), records the dispatches into one command buffer and submits it.
 """
@@ -219,17 +220,21 @@ class Model:
         x_in, att_in, act_in = (self.x8, self.att8, self.act8) if dec else (self.xn, self.att, self.act)
         ops = [self._norm(self.h, L.attn_norm, M, x_in)]
         ops += self._linear(L.qkv, x_in, self.qkv, M)
-        ops.append(self._op("rope_kv", {"WG": 64, "QK_NORM": cfg.qk_norm}, {"cache_t": self.cache_t},
-                            {1: self.step, 2: self.qkv, 3: self.rope, 4: L.q_norm, 5: L.k_norm, 6: self.q,
-                             7: L.kc, 8: L.vc},
-                            (nh + 2 * nkv, M, 1), [M, nh, nkv, hd, float(cfg.rms_norm_eps)]))
         fuse8 = dec and hd % 32 == 0  # attention writes int8 blocks itself (blocks within a head)
         out = {6: self.att8.xq, 7: self.att8.xd} if fuse8 else {6: self.att}
-        ops.append(self._op("attention", {"WG": 256, "D4": hd // 4, "SUBGROUPS": dev.has_subgroups,
-                                          "Q8OUT": fuse8},
-                            {"cache_t": self.cache_t},
-                            {1: self.step, 2: self.q, 3: L.kc, 4: L.vc, 5: self.scores, **out},
-                            (nh, M, 1), [M, nh, nkv, hd, self.max_seq, float(hd ** -0.5)]))
+        consts = {"WG": 256, "D4": hd // 4, "SUBGROUPS": dev.has_subgroups, "Q8OUT": fuse8,
+                  "ROPE": M == 1, "QK_NORM": cfg.qk_norm}
+        params = [M, nh, nkv, hd, self.max_seq, float(hd ** -0.5), float(cfg.rms_norm_eps)]
+        if M == 1:  # decode: attention does rope_kv's work itself (no cross-workgroup dependency)
+            binds = {1: self.step, 2: self.qkv, 3: L.kc, 4: L.vc, 5: self.scores, 8: self.rope,
+                     9: L.q_norm, 10: L.k_norm, **out}  # q/k norms: dummies without QK_NORM
+        else:
+            ops.append(self._op("rope_kv", {"WG": 64, "QK_NORM": cfg.qk_norm}, {"cache_t": self.cache_t},
+                                {1: self.step, 2: self.qkv, 3: self.rope, 4: L.q_norm, 5: L.k_norm, 6: self.q,
+                                 7: L.kc, 8: L.vc},
+                                (nh + 2 * nkv, M, 1), [M, nh, nkv, hd, float(cfg.rms_norm_eps)]))
+            binds = {1: self.step, 2: self.q, 3: L.kc, 4: L.vc, 5: self.scores, **out}
+        ops.append(self._op("attention", consts, {"cache_t": self.cache_t}, binds, (nh, M, 1), params))
         if dec and not fuse8:
             ops.append(quantize_q8(dev, self.att, self.att8, act="f32"))
         ops += self._linear(L.o, att_in, self.h, M, residual=True)
