@@ -33,14 +33,19 @@ WANTED_LIMITS = (
 )
 
 
-def shader_dir() -> Path:
-    """shaders/ in a source checkout, llmgpu/shaders in an installed wheel."""
+def data_dir(name: str, marker: str) -> Path:
+    """A data folder shipped with llmgpu: `<repo>/<name>` in a source checkout, `llmgpu/<name>`
+    in an installed wheel (pyproject maps shaders/ and models/ into the package)."""
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "shaders", here / "shaders"):
-        if (cand / "q4gsw_gemv.wgsl").exists():
+    for cand in (here.parent / name, here / name):
+        if (cand / marker).exists():
             return cand
     from importlib.resources import files
-    return Path(str(files("llmgpu.shaders")))
+    return Path(str(files(f"llmgpu.{name}")))
+
+
+def shader_dir() -> Path:
+    return data_dir("shaders", "q4gsw_gemv.wgsl")
 
 
 class GpuError(RuntimeError):

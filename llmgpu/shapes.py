@@ -7,13 +7,8 @@ from pathlib import Path
 
 
 def models_dir() -> Path:
-    """models/ in a source checkout, llmgpu/models in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "models", here / "models"):
-        if (cand / "shapes.json").exists():
-            return cand
-    from importlib.resources import files
-    return Path(str(files("llmgpu.models")))
+    from .gpu import data_dir
+    return data_dir("models", "shapes.json")
 
 
 @lru_cache(maxsize=None)
