@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, one call: kernel tests, kernel sweep, model benchmarks of the named
-# shapes (llmgpu bench), then the peers (PyTorch tinygemm; llama.cpp CUDA if .device/peer
-# is there). Every number in $OUT shares the card and the session.
+# shapes (llmgpu bench), then the peers (PyTorch tinygemm, transformers generate; llama.cpp
+# CUDA if .device/peer is there). Every number in $OUT shares the card and the session.
 #   source .device/setup.sh; bash bench/device_all.sh [shape ...]
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,6 +15,7 @@ for s in $shapes; do
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(d['model'], r) for r in d['rows']]; [print('  ', p) for p in d['profile'][:6]]" "$OUT/bench-$s.json"
 done
 python3 bench/peer_torch_int4.py 2>&1 | grep -v JSON | tee "$OUT/torch_int4.txt"
+python3 bench/peer_transformers.py $shapes 2>&1 | grep -E "t/s|Error" | tee "$OUT/transformers.txt"
 if [ -f .device/peer/peer.sh ]; then
   bash .device/peer/peer.sh $shapes 2>&1 | tee "$OUT/llamacpp.txt"
 fi
