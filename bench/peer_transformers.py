@@ -17,15 +17,16 @@ from llmgpu.shapes import get_shape  # noqa: E402
 for name in sys.argv[1:] or ["llama-3.1-8b"]:
     s = {k: v for k, v in get_shape(name).items() if k not in ("hub_id", "model_type")}
     cls = transformers.Qwen2Config if get_shape(name)["model_type"] == "qwen2" else transformers.LlamaConfig
-    with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(cls(**s), torch_dtype=torch.bfloat16).eval()
-    ids = torch.randint(100, 40000, (1, 16), device="cuda")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(dev):
+        model = transformers.AutoModelForCausalLM.from_config(cls(**s), dtype=torch.bfloat16).eval()
+    ids = torch.randint(100, min(40000, s["vocab_size"]), (1, 16), device=dev)
 
     def tg(n=128):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize() if dev == "cuda" else None
         t = time.perf_counter()
         model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize() if dev == "cuda" else None
         return n / (time.perf_counter() - t)
 
     tg(16)
