@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .gpu import Device
-from .kernels import Op, Q4Linear, gemm_config, gemv_config, linear, q8_act, quantize_q8, submit
+from .kernels import Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8, submit
 from .quant import random_q4
 from .shapes import get_shape
 
@@ -40,16 +40,6 @@ def projection_shapes(name: str) -> list[tuple[str, int, int]]:
     return uniq
 
 
-def _record(dev, op_sets, reps):
-    enc = dev.device.create_command_encoder()
-    cpass = enc.begin_compute_pass()
-    for r in range(reps):
-        for op in op_sets[r % len(op_sets)]:
-            op.record(cpass)
-    cpass.end()
-    return enc.finish()
-
-
 def time_ops(dev: Device, op_sets: list[list[Op]], reps: int, trials: int = 5) -> float:
     """Median GPU seconds per op set. Each trial submits `reps` and `2·reps` sets (rotating)
     and takes the difference, so the fixed cost of a submission and of waiting for it cancels."""
@@ -58,7 +48,7 @@ def time_ops(dev: Device, op_sets: list[list[Op]], reps: int, trials: int = 5) -
     for _ in range(trials):
         t = []
         for n in (reps, 2 * reps):
-            cmd = _record(dev, op_sets, n)
+            cmd = encode(dev, [op for r in range(n) for op in op_sets[r % len(op_sets)]])
             dev.sync()
             t0 = time.perf_counter()
             dev.queue.submit([cmd])

@@ -35,14 +35,21 @@ class Op:
         cpass.dispatch_workgroups(*self.grid)
 
 
-def submit(dev: Device, ops: list[Op], sync: bool = False, raw: list | None = None) -> None:
-    """Record ops into one compute pass and submit (optionally wait for the GPU).
-    raw: fastpath.compile_ops(ops), computed once for ops recorded often."""
+def encode(dev: Device, ops: list[Op], raw: list | None = None, after=None):
+    """A command buffer with ops in one compute pass (raw: fastpath.compile_ops(ops), computed
+    once for ops recorded often); after(encoder) may append copies behind the pass."""
     enc = dev.device.create_command_encoder()
     cpass = enc.begin_compute_pass()
     fastpath.record(cpass, ops, raw)
     cpass.end()
-    dev.queue.submit([enc.finish()])
+    if after is not None:
+        after(enc)
+    return enc.finish()
+
+
+def submit(dev: Device, ops: list[Op], sync: bool = False, raw: list | None = None) -> None:
+    """Record ops into one compute pass and submit (optionally wait for the GPU)."""
+    dev.queue.submit([encode(dev, ops, raw)])
     if sync:
         dev.sync()
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import wgpu
 
-from .config import ModelConfig, rope_inv_freq
+from .config import rope_inv_freq
 from . import fastpath
 from .gpu import UNIFORM, Device
-from .kernels import Op, Q4Linear, act_type, linear, q8_act, quantize_q8, submit
+from .kernels import Op, Q4Linear, encode, linear, q8_act, quantize_q8, submit
 from .loader import Checkpoint
 from .quant import Q4Tensor, Q8Tensor, dequantize
 
@@ -291,13 +291,10 @@ class Model:
 
     def _record(self, M: int, head: bool):
         ops = self.ops(M, head)
-        enc = self.dev.device.create_command_encoder()
-        cpass = enc.begin_compute_pass()
-        fastpath.record(cpass, ops, self._ops[(M, head)][1])
-        cpass.end()
-        if head:  # the logits row goes straight to a mappable buffer in the same submission
+
+        def copy_logits(enc):  # the logits row goes straight to a mappable buffer, same submission
             enc.copy_buffer_to_buffer(self.logits_buf, 0, self.staging, 0, self.config.vocab_size * F32)
-        return enc.finish()
+        return encode(self.dev, ops, self._ops[(M, head)][1], copy_logits if head else None)
 
     def _run(self, ids, head: bool) -> None:
         M = len(ids)

@@ -114,7 +114,6 @@ def test_f32_activations_on_any_device(dev, rng):
         x = rng.standard_normal((M, 512)).astype(np.float32)
         xb = dev.buffer(x)
         yb = dev.buffer(np.full((M, 70), np.nan, np.float32))
-        from llmgpu.kernels import submit
         submit(dev, linear(dev, lin, xb, yb, M, config={"ACT": "f32", **(
             dict(WG=64, TPR=32, R=2) if M == 1 else dict(BM=32, BN=32, TM=4, TN=4))}))
         y = dev.read(yb, np.float32, (M, 70))

@@ -2,7 +2,7 @@ import gguf
 import numpy as np
 import pytest
 
-from llmgpu.quant import (GROUP_SIZES, Q4Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1,
+from llmgpu.quant import (GROUP_SIZES, dequantize, from_gguf_q4_0, from_gguf_q4_1,
                           pack_nibbles, quantize, unpack_nibbles)
 
 
