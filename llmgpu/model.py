@@ -5,10 +5,11 @@ One layer of decode (M = 1), as the GPU sees it: seven dispatches
     rmsnorm → int8 │ QKV GEMV (+bias) │ attention (q/k norm, RoPE, cache write, → int8)
     │ O GEMV (+= h) │ rmsnorm → int8 │ gate/up GEMV (→ silu·mul → int8) │ down GEMV (+= h)
 
-then final rmsnorm │ lm_head GEMV → logits. Prefill (M > 1) runs the GEMM on f32 inputs and
-separate rope_kv and silu_mul dispatches (there, other workgroups' keys are needed). Every buffer, pipeline and bind group exists
-before the first token; a step writes the token id and its position (a uniform shared by every
-layer), records the dispatches into one command buffer and submits it.
+then final rmsnorm │ lm_head GEMV → logits. Prefill (M > 1) runs the GEMM on f32 inputs with
+separate rope_kv and silu_mul dispatches (a query there needs keys that other workgroups write).
+Every buffer, pipeline and bind group exists before the first token; a step writes the token id
+and its position (a uniform shared by every layer), records the dispatches into one command
+buffer and submits it.
 """
 from __future__ import annotations
 
