@@ -117,7 +117,7 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
                 log(f"gemm {M}x{N}x{K} {cfg}: {2 * M * N * K / t / 1e12:.2f} TFLOP/s")
             if "gemm_ms" not in row or t * 1e3 < row["gemm_ms"]:
                 row.update(M=M, gemm_ms=t * 1e3, gemm_tflops=2 * M * N * K / t / 1e12,
-                           gemm_config=cfg or gemm_config(dev, M))
+                           gemm_config=cfg or gemm_config(dev, M, N))
     for lin in lins:
         for sl in lin.slices:
             for b in (sl.qweight, sl.scales, sl.offsets):

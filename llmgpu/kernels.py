@@ -238,10 +238,17 @@ def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
             "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
 
 
-def gemm_config(dev: Device, M: int) -> dict:
-    """GEMM tile: 128×128 with 8×4 per thread at prefill sizes (20.9–23.6 TFLOP/s at M = 512 on
-    an H200), 64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle."""
-    cfg = dict(BM=128, BN=128, TM=8, TN=4) if M >= 256 else dict(BM=64, BN=64, TM=4, TN=4)
+def gemm_config(dev: Device, M: int, N: int = 1 << 30) -> dict:
+    """GEMM tile, from `llmgpu bench kernels --sweep` on an H100 (BENCHMARKS.md): 128×128 with
+    8×4 per thread when that still makes 128+ tiles (21–24 TFLOP/s at M = 512 on Llama-3.1-8B's
+    shapes); 128×64 with 4×8 when fewer (16.5 against 11.5 on 2048-wide outputs at M = 512);
+    64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle."""
+    if M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
+        cfg = dict(BM=128, BN=128, TM=8, TN=4)
+    elif M >= 128:
+        cfg = dict(BM=128, BN=64, TM=4, TN=8)
+    else:
+        cfg = dict(BM=64, BN=64, TM=4, TN=4)
     cfg["WG"] = (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])
     return cfg
 
@@ -294,7 +301,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
                 ybind = (ybuf, yoff + s.n0 * esz, max(16, -(-s.n * esz // 4) * 4))
             grid = dev.grid(-(-s.n // rows_per_wg))
         else:
-            cfg = dict(config or gemm_config(dev, M))
+            cfg = dict(config or gemm_config(dev, M, lin.N))
             cfg.pop("BK", None)
             cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
             pipe = dev.pipeline("q4gsw_gemm", consts={**cfg, **common},

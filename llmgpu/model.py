@@ -211,7 +211,7 @@ class Model:
 
     def _lin_config(self, lin, M):
         from .kernels import gemm_config, gemv_config
-        cfg = gemv_config(self.dev, lin.K, lin.N) if M == 1 else gemm_config(self.dev, M)
+        cfg = gemv_config(self.dev, lin.K, lin.N) if M == 1 else gemm_config(self.dev, M, lin.N)
         return {**cfg, "ACT": "f32"}
 
     def _layer_ops(self, L: Layer, M: int) -> list[Op]:

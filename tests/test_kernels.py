@@ -82,7 +82,9 @@ def test_gemv_workgroup_shapes(dev, rng, config):
 
 @pytest.mark.parametrize("config", [dict(BM=32, BN=32, TM=4, TN=4),
                                     dict(BM=128, BN=64, TM=8, TN=4),
-                                    dict(BM=64, BN=128, TM=4, TN=8)])
+                                    dict(BM=64, BN=128, TM=4, TN=8),
+                                    dict(BM=128, BN=128, TM=8, TN=4),  # the defaults at prefill sizes
+                                    dict(BM=128, BN=64, TM=4, TN=8)])
 def test_gemm_tile_shapes(dev, rng, config):
     for M, N, K in [(70, 131, 256), (5, 200, 96)]:
         check(dev, random_q4(N, K, 32, rng), rng.standard_normal((M, K)), config=config)
