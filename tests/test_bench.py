@@ -44,6 +44,13 @@ def test_bench_table_csv_and_profile(capsys):
     assert rc == 0 and rows[0].startswith("model,adapter,test,tps") and len(rows) == 3
 
 
+def test_profile_png(capsys, tmp_path):
+    png = tmp_path / "profile.png"
+    rc, out, err = run(capsys, "bench", "--shape", "tiny", "-p", "0", "-n", "2", "-r", "1", "--profile",
+                       "--profile-png", str(png), "--stream-bytes", str(8 << 20))
+    assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in err
+
+
 def test_bench_kernels_json(capsys):
     rc, out, _ = run(capsys, "bench", "kernels", "--shapes", "tiny", "-m", "8", "--repeat", "4", "--json",
                      "--stream-bytes", str(8 << 20), "--cache-bytes", str(1 << 20))
