@@ -45,6 +45,6 @@ if [ "$mode" = --test ]; then
   if [ $rc -eq 5 ]; then echo "install.sh: pytest collected no tests: the test suite is missing" >&2; exit 1; fi
   exit $rc
 fi
-.venv/bin/llmgpu generate --max-tokens 48 "What is the capital of France?"
+.venv/bin/llmgpu generate --max-tokens 48 --temperature 0 "What is the capital of France?"
 echo
 echo "install.sh: done. Activate with: source .venv/bin/activate   then try: llmgpu chat"
