@@ -134,7 +134,8 @@ GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=256, TPR=64, R=4),
 GEMM_SWEEP = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=128, BN=128, TM=8, TN=8),
               dict(BM=128, BN=64, TM=8, TN=4), dict(BM=64, BN=128, TM=4, TN=8),
               dict(BM=128, BN=64, TM=4, TN=8), dict(BM=64, BN=64, TM=8, TN=8),
-              dict(BM=128, BN=128, TM=8, TN=4)]
+              dict(BM=128, BN=128, TM=8, TN=4), dict(BM=128, BN=32, TM=8, TN=4),
+              dict(BM=64, BN=64, TM=8, TN=4), dict(BM=64, BN=32, TM=4, TN=4)]
 
 
 def run(args) -> int:
