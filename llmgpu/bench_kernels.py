@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from .gpu import Device
-from .kernels import Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8, submit
+from .kernels import (Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8,
+                      silu_gemv_config, submit)
 from .quant import random_q4
 from .shapes import get_shape
 
@@ -82,9 +83,10 @@ def _copies(dev, N, K, gs, rng, budget):
 
 
 def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_cfgs=(None,),
-                log=None) -> dict:
+                log=None, silu: bool = False) -> dict:
     """Time the GEMV (and the GEMM at M unless gemm_cfgs is empty) of one shape; keep the best
-    of the given configurations (None = the default one)."""
+    of the given configurations (None = the default one). silu: the decode path's fused gate/up
+    GEMV (N = 2·ff rows) that writes silu(gate)·up as int8."""
     lins, wbytes = _copies(dev, N, K, gs, rng, budget)
     dt = dev.act_dtype
     row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes)
@@ -100,10 +102,16 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
         # An output buffer per dispatch: no dispatch depends on another, so no barrier (a full
         # drain of the GPU, ~3 µs) separates them and the time is the kernel's streaming rate.
         # In a model, dependent dispatches pay that drain: see `llmgpu bench --profile`.
-        ys = [dev.buffer(size=N * np.dtype(adt).itemsize, label="y1") for _ in range(min(2 * reps, 512))]
-        sets = [linear(dev, lins[i % len(lins)], x1, y, 1, config=cfg or None) for i, y in enumerate(ys)]
+        n_out = min(2 * reps, 512)
+        if silu:
+            ys = [q8_act(dev, N // 2, label="act8") for _ in range(n_out)]
+        else:
+            ys = [dev.buffer(size=N * np.dtype(adt).itemsize, label="y1") for _ in range(n_out)]
+        sets = [linear(dev, lins[i % len(lins)], x1, y, 1, config=cfg or None, silu=silu)
+                for i, y in enumerate(ys)]
         t = time_ops(dev, sets, reps)
-        label = {**(cfg or gemv_config(dev, K, N)), **({"Q8": True} if q8 else {})}
+        default = silu_gemv_config(dev) if silu else gemv_config(dev, K, N)
+        label = {**(cfg or default), **({"Q8": True} if q8 else {})}
         if log:
             log(f"gemv {N}x{K} {label}: {t * 1e6:.1f} us")
         if "gemv_us" not in row or t * 1e6 < row["gemv_us"]:
@@ -135,6 +143,10 @@ GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=256, TPR=64, R=4),
               dict(WG=256, TPR=128, R=2, Q8=True), dict(WG=128, TPR=128, R=1, Q8=True),
               dict(WG=256, TPR=256, R=1, Q8=True), dict(WG=256, TPR=64, R=2, Q8=True),
               dict(WG=128, TPR=64, R=1, Q8=True), dict(WG=256, TPR=32, R=1, Q8=True)]
+SILU_SWEEP = [dict(WG=256, TPR=16, R=4, Q8=True), dict(WG=256, TPR=32, R=8, Q8=True),
+              dict(WG=512, TPR=32, R=4, Q8=True), dict(WG=512, TPR=64, R=8, Q8=True),
+              dict(WG=128, TPR=16, R=8, Q8=True), dict(WG=1024, TPR=64, R=4, Q8=True),
+              dict(WG=512, TPR=16, R=2, Q8=True), dict(WG=1024, TPR=32, R=2, Q8=True)]
 GEMM_SWEEP = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=128, BN=128, TM=8, TN=8),
               dict(BM=128, BN=64, TM=8, TN=4), dict(BM=64, BN=128, TM=4, TN=8),
               dict(BM=128, BN=64, TM=4, TN=8), dict(BM=64, BN=64, TM=8, TN=8),
@@ -160,6 +172,12 @@ def run(args) -> int:
                               log=log)
             row.update(shape=name, proj=lab, roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
             rows.append(row)
+            if lab == "gate/up":  # decode's fused gate+up GEMV with the SiLU·mul int8 epilogue
+                row = bench_shape(dev, 2 * N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
+                                  budget=args.cache_bytes, silu=True, log=log, gemm_cfgs=(),
+                                  gemv_cfgs=SILU_SWEEP if args.sweep else ({"Q8": True},))
+                row.update(shape=name, proj="gu+silu", roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
+                rows.append(row)
     result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,
                   date=time.strftime("%Y-%m-%d"), rows=rows)
     if args.json:
