@@ -110,7 +110,7 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
         sets = [linear(dev, lins[i % len(lins)], x1, y, 1, config=cfg or None, silu=silu)
                 for i, y in enumerate(ys)]
         t = time_ops(dev, sets, reps)
-        default = silu_gemv_config(dev) if silu else gemv_config(dev, K, N)
+        default = silu_gemv_config(dev, K) if silu else gemv_config(dev, K, N)
         label = {**(cfg or default), **({"Q8": True} if q8 else {})}
         if log:
             log(f"gemv {N}x{K} {label}: {t * 1e6:.1f} us")

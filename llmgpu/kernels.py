@@ -253,9 +253,16 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30) -> dict:
     return cfg
 
 
-def silu_gemv_config(dev: Device) -> dict:
-    """A GEMV shape with 64 rows per workgroup, as the fused gate/up + SiLU epilogue needs."""
-    return dict(WG=128, TPR=16, R=8) if dev.is_cpu else dict(WG=256, TPR=16, R=4)
+def silu_gemv_config(dev: Device, K: int = 0) -> dict:
+    """A GEMV shape with 64 rows per workgroup, as the fused gate/up + SiLU epilogue needs; by K,
+    from the H100 sweep in BENCHMARKS.md (28672×4096: 21.9 µs, 97 % of the read bandwidth)."""
+    if dev.is_cpu:
+        return dict(WG=128, TPR=16, R=8)
+    if K >= 4096:
+        return dict(WG=512, TPR=64, R=8)
+    if K >= 2048:
+        return dict(WG=256, TPR=32, R=8)
+    return dict(WG=256, TPR=16, R=4)
 
 
 def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
@@ -282,7 +289,7 @@ def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False,
         raise ValueError("the fused SiLU epilogue needs the GEMV, one weight slice, N % 64 == 0, int8 output")
     for s in lin.slices:
         if kind == "gemv":
-            cfg = dict(config or (silu_gemv_config(dev) if silu else gemv_config(dev, lin.K, lin.N)))
+            cfg = dict(config or (silu_gemv_config(dev, lin.K) if silu else gemv_config(dev, lin.K, lin.N)))
             if silu and cfg["WG"] // cfg["TPR"] * cfg["R"] != 64:
                 raise ValueError(f"the fused SiLU epilogue needs 64 rows per workgroup, not {cfg}")
             cfg["SUBGROUPS"] = dev.has_subgroups

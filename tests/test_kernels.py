@@ -187,7 +187,9 @@ def read_q8(dev, q, K):
     return (b * d[:, :1]).reshape(K)
 
 
-def test_fused_silu_epilogue(dev, rng):
+@pytest.mark.parametrize("config", [None, dict(WG=512, TPR=64, R=8), dict(WG=256, TPR=32, R=8),
+                                    dict(WG=256, TPR=16, R=4)])  # the defaults on CPU and GPUs
+def test_fused_silu_epilogue(dev, rng, config):
     """Gate/up GEMV with rows interleaved per 32 writes silu(gate)·up as int8 blocks."""
     from llmgpu.kernels import q8_act
     from llmgpu.model import _interleave32
@@ -197,7 +199,7 @@ def test_fused_silu_epilogue(dev, rng):
     x = rng.standard_normal((1, K)).astype(np.float32)
     out = q8_act(dev, F)
     xb = dev.buffer(x.astype(dev.act_dtype))
-    submit(dev, linear(dev, Q4Linear(dev, _interleave32(t)), xb, out, 1, silu=True))
+    submit(dev, linear(dev, Q4Linear(dev, _interleave32(t)), xb, out, 1, silu=True, config=config))
     gu = reference(dev, t, x)[0]
     act = gu[:F] / (1 + np.exp(-gu[:F])) * gu[F:]
     got = read_q8(dev, out, F)
