@@ -13,7 +13,6 @@ buffer and submits it.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,10 +256,12 @@ class Model:
                         {1: self.ids, 2: self.emb[0], 3: self.emb[1], 4: self.h},
                         self.dev.grid(-(-M * d // 4 // 64)), [M, d, self.emb_rows0])
 
-    def _head_ops(self, row: int) -> list[Op]:
-        """Final norm of row `row` of h and lm_head → logits row 0."""
+    def _head_ops(self, row: int, out_row: int = 0) -> list[Op]:
+        """Final norm of row `row` of h and lm_head → row `out_row` of the logits buffer."""
+        V = self.config.vocab_size
         x = self.x8 if self.head_q8 else self.xn
-        return [self._norm(self.h, self.norm, 1, x, row)] + self._linear(self.lm_head, x, self.logits_buf, 1)
+        return [self._norm(self.h, self.norm, 1, x, row)] + \
+            self._linear(self.lm_head, x, (self.logits_buf, out_row * V * F32, V * F32), 1)
 
     def ops(self, M: int, head: bool = True) -> list[Op]:
         """All dispatches of a step over M new tokens (cached per M)."""
@@ -362,12 +363,7 @@ class Model:
     def _row_head_ops(self, row: int, out_row: int) -> list[Op]:
         key = (row, out_row)
         if key not in self._row_ops:
-            V = self.config.vocab_size
-            x = self.x8 if self.head_q8 else self.xn
-            ops = [self._norm(self.h, self.norm, 1, x, row)]
-            ops += linear(self.dev, self.lm_head, x, (self.logits_buf, out_row * V * F32, V * F32), 1,
-                          config=self._lin_config(self.lm_head, 1))
-            self._row_ops[key] = ops
+            self._row_ops[key] = self._head_ops(row, out_row)
         return self._row_ops[key]
 
     def _validate(self, ids) -> None:
@@ -376,6 +372,3 @@ class Model:
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {V})")
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr)
