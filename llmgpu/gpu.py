@@ -137,7 +137,6 @@ class Device:
         self.max_workgroup_storage = int(lim["max-compute-workgroup-storage-size"])
         self.max_invocations = int(lim["max-compute-invocations-per-workgroup"])
         self.max_groups = int(lim["max-compute-workgroups-per-dimension"])
-        self.min_storage_offset_align = int(lim.get("min-storage-buffer-offset-alignment", 256))
         self._pipelines: dict = {}
         self._sources: dict = {}
         self.name = _describe(self.adapter)
@@ -238,6 +237,9 @@ class Device:
         hit = self._pipelines.get(key)
         if hit is not None:
             return hit
+        if consts.get("WG", 0) > self.max_invocations:
+            raise GpuError(f"{shader}: a workgroup of {consts['WG']} invocations exceeds this adapter's "
+                           f"limit of {self.max_invocations}; pick a smaller kernel configuration")
         head = []
         if self.has_f16:
             head.append("enable f16;")

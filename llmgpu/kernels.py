@@ -199,9 +199,6 @@ def gemv_config(dev: Device, K: int, N: int = 0) -> dict:
     return dict(WG=256, TPR=32, R=1)
 
 
-GEMM_CONFIG = dict(BM=64, BN=64, TM=4, TN=4)
-
-
 def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
     """Unrolled code for q4gsw_gemm.wgsl: TM×(TN/4) named vec4 accumulators, and the
     register-prefetch loads/stores of one 32-wide k tile (BM·8/WG activation vec4s and

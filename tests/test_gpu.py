@@ -48,3 +48,9 @@ def test_preprocess():
     assert preprocess(src, {"X": False}) == "a\nc\nd\ne"
     with pytest.raises(ValueError, match="unbalanced"):
         preprocess("//#if X\n", {"X": True})
+
+
+def test_workgroup_size_checked_against_the_limit():
+    dev = Device()
+    with pytest.raises(GpuError, match="exceeds this adapter's limit"):
+        dev.pipeline("stream_read", consts={"WG": dev.max_invocations * 2})
