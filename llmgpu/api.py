@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .chat import Chat
-from .generate import GenerationStats, forget_cache, stream_text
+from .generate import GenerationStats, stream_text
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
                      DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
 from .tokenizer import encode_prompt, render_chat
@@ -110,5 +110,4 @@ class LLM:
         vocab = self.model.config.vocab_size
         if bad := [t for t in ids if not 0 <= t < vocab]:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        forget_cache(self.model)
         return self.model.logits(ids)

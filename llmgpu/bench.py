@@ -58,13 +58,13 @@ def decode_bytes(model) -> int:
     for L in model.layers:
         n += L.qkv.nbytes + L.o.nbytes + L.gate_up.nbytes + L.down.nbytes
     cfg = model.config
-    n += cfg.hidden_size * (2 if model.emb_t == "f16" else 4)
+    n += cfg.hidden_size * (2 if model.embedding.dtype == "f16" else 4)
     return n
 
 
 def kv_bytes(model, pos: int) -> int:
     cfg = model.config
-    esz = 2 if model.cache_t == "f16" else 4
+    esz = 2 if model.dev.act_type == "f16" else 4
     return 2 * cfg.num_hidden_layers * pos * cfg.num_key_value_heads * cfg.head_dim * esz
 
 
@@ -75,8 +75,8 @@ def _mean_sd(xs):
 def encode_seconds(model, reps: int = 20) -> float:
     """CPU time to record one decode step's dispatches into a command buffer."""
     from . import fastpath
-    from .kernels import encode
-    ops = model.ops(1, True)
+    from .ops import encode
+    ops = model.step_ops(1, True)
     raw = fastpath.compile_ops(ops)
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -91,7 +91,7 @@ def profile_step(model) -> list[tuple[str, float, int]]:
     if not dev.has_timestamps:
         raise ValueError(f"--profile needs timestamp queries, which {dev.name} lacks")
     import wgpu
-    ops = model.ops(1, True)
+    ops = model.step_ops(1, True)
     n = len(ops)
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
     res = dev.buffer(size=16 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
@@ -120,7 +120,7 @@ def run(args) -> int:
     from .model import Model
     if args.model and args.shape:
         raise ValueError("give --model or --shape, not both")
-    dev = Device(args.adapter)
+    dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
     ctx = args.ctx or (args.p + args.n + 16)
     if args.shape:
         ckpt = random_checkpoint(args.shape, args.group_size)
@@ -169,7 +169,7 @@ def run(args) -> int:
         wbytes = decode_bytes(model) + kv_bytes(model, 1 + args.n // 2)
         rows.append(dict(test=f"tg{args.n}", tps=mean, sd=sd, bytes_per_token=wbytes,
                          gbs=wbytes * mean / 1e9, roofline_pct=100 * wbytes * mean / bw,
-                         encode_ms=encode_seconds(model) * 1e3, dispatches=len(model.ops(1, True))))
+                         encode_ms=encode_seconds(model) * 1e3, dispatches=len(model.step_ops(1, True))))
     result = dict(model=label, adapter=dev.name, group_size=args.group_size, stream_read_gbs=bw / 1e9,
                   date=time.strftime("%Y-%m-%d"), repetitions=args.r, rows=rows)
     if args.profile:

@@ -17,8 +17,9 @@ import time
 import numpy as np
 
 from .gpu import Device
-from .kernels import (Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8,
-                      silu_gemv_config, submit)
+from .ops.core import make_op
+from .ops import (Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8, silu_gemv_config,
+                  submit)
 from .quant import random_q4
 from .shapes import get_shape
 
@@ -71,8 +72,7 @@ def stream_bandwidth(dev: Device, nbytes: int = 1 << 30, reps: int = 20) -> floa
     wg, groups = 256, 4096
     dst = dev.buffer(size=wg * groups * 4, label="stream.dst")
     pipe = dev.pipeline("stream_read", consts={"WG": wg})
-    params = dev.uniform([nbytes // 16, wg * groups])
-    op = Op(pipe, dev.bind_group(pipe, [params, src, dst]), (groups, 1, 1), keep=[params])
+    op = make_op(dev, pipe, {"src": src, "dst": dst}, (groups, 1, 1), [nbytes // 16, wg * groups])
     return max(nbytes / time_ops(dev, [[op]], reps) for _ in range(3))
 
 
@@ -93,7 +93,8 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
     for cfg in gemv_cfgs:
         cfg = dict(cfg or {})
         q8 = cfg.pop("Q8", False)  # int8 activations, quantized once (in a model: by the norm)
-        adt = np.float32 if cfg.get("ACT") == "f32" else dt
+        act = cfg.pop("ACT", None)  # activations' type, f32 as in a model, else the device's
+        adt = np.float32 if act == "f32" else dt
         x1 = dev.buffer(rng.standard_normal(K).astype(adt), label="x1")
         if q8:
             xq = q8_act(dev, K)
@@ -107,11 +108,11 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
             ys = [q8_act(dev, N // 2, label="act8") for _ in range(n_out)]
         else:
             ys = [dev.buffer(size=N * np.dtype(adt).itemsize, label="y1") for _ in range(n_out)]
-        sets = [linear(dev, lins[i % len(lins)], x1, y, 1, config=cfg or None, silu=silu)
+        sets = [linear(dev, lins[i % len(lins)], x1, y, 1, config=cfg or None, silu=silu, act=act)
                 for i, y in enumerate(ys)]
         t = time_ops(dev, sets, reps)
         default = silu_gemv_config(dev, K) if silu else gemv_config(dev, K, N)
-        label = {**(cfg or default), **({"Q8": True} if q8 else {})}
+        label = {**(cfg or default), **({"Q8": True} if q8 else {}), **({"ACT": act} if act else {})}
         if log:
             log(f"gemv {N}x{K} {label}: {t * 1e6:.1f} us")
         if "gemv_us" not in row or t * 1e6 < row["gemv_us"]:
@@ -132,7 +133,8 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
     for lin in lins:
         for sl in lin.slices:
             for b in (sl.qweight, sl.scales, sl.offsets):
-                b.destroy()
+                if b is not None:
+                    b.destroy()
     return row
 
 
@@ -155,7 +157,7 @@ GEMM_SWEEP = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=128, BN=128, TM=8, TN=8),
 
 
 def run(args) -> int:
-    dev = Device(args.adapter)
+    dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
     rng = np.random.default_rng()
     bw = stream_bandwidth(dev, args.stream_bytes)
     names = args.shapes.split(",")

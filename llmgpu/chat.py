@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .generate import GenerationStats, cached_prefix, forget_cache, stream_text
+from .generate import GenerationStats, cached_prefix, stream_text
 from .sample import Sampler, make_sampler
 from .tokenizer import encode_prompt, render_chat
 
@@ -43,9 +43,9 @@ class Chat:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the conversation (the system message stays) and start the next turn from an empty cache."""
+        """Forget the conversation (the system message stays). The next turn reuses the KV cache
+        only as far as its tokens match what the cache holds (the system prompt, say)."""
         self.messages = [{"role": "system", "content": self.system}] if self.system is not None else []
-        forget_cache(self.model)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         ck = self.model.ckpt

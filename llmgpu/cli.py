@@ -80,7 +80,7 @@ def _check_ctx(args):
 def _load(args, progress=True):
     from .model import Model
     return Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
-                      progress=progress)
+                      progress=progress, dump_wgsl=args.dump_wgsl)
 
 
 def _write(piece: str) -> None:
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None,
                    help="pick the GPU adapter whose name or backend contains this text "
                         "(also LLMGPU_ADAPTER); default: the high-performance one")
+    p.add_argument("--dump-wgsl", default=None, metavar="DIR",
+                   help="debugging: write the expanded WGSL of every kernel compiled (generated loops, "
+                        "//#if blocks resolved, override values on top) into DIR")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="answer one prompt, streaming to stdout",

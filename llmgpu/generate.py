@@ -10,24 +10,18 @@ context is full, with ``finish_reason == "context"`` (the last token needs no ca
 of L tokens leaves room for ``max_seq - L + 1`` new ones).
 
 Cache reuse: :func:`generate_step` can keep the first ``cached`` prompt tokens that are already in
-the model's KV cache. What it leaves in each model's cache is recorded here (:func:`cached_prefix`
-reads it), so a chat can prefill only what is new since its last turn. Calling ``model.reset``,
-``truncate``, ``prefill``, ``decode`` or ``logits`` directly makes the record stale: call
-:func:`forget_cache` after doing that.
+the model's KV cache. The model's cache knows the ids it holds (``model.cached_ids``), and
+:func:`cached_prefix` compares them with a new prompt, so a chat prefills only what is new since its
+last turn (the last sampled token of a turn is never decoded, so it is not in the cache).
 """
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .sample import Sampler
 from .tokenizer import IncrementalDetokenizer
-
-# model -> the token ids generate_step left in its KV cache (checked against model.pos before use)
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 @dataclass
 class GenerationStats:
@@ -57,21 +51,13 @@ class GenerationStats:
 
 
 def cached_prefix(model, ids: Sequence[int]) -> int:
-    """How many leading ``ids`` the model's KV cache already holds (as left by :func:`generate_step`)."""
-    held = _CACHE.get(model)
-    if held is None or len(held) != model.pos:
-        return 0
+    """How many leading ``ids`` the model's KV cache already holds."""
     n = 0
-    for a, b in zip(held, ids):
+    for a, b in zip(model.cached_ids, ids):
         if a != b:
             break
         n += 1
     return n
-
-
-def forget_cache(model) -> None:
-    """Drop the record of what is in ``model``'s cache (after using the model directly)."""
-    _CACHE.pop(model, None)
 
 
 def check_context(model, n_prompt: int) -> None:
@@ -86,7 +72,8 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
                   cached: int = 0, stats: GenerationStats | None = None) -> Iterator[int]:
     """Yield up to ``max_tokens`` sampled token ids that continue ``prompt_ids``.
 
-    The first ``cached`` prompt ids must be in the model's KV cache already; the rest of the cache is
+    The first ``cached`` prompt ids are reused from the model's KV cache where it holds them (at
+    most all but the last prompt token: its logits start generation); the rest of the cache is
     dropped, the remaining prompt is prefilled in one call, then each token is decoded as the
     consumer asks for the next one (the last one yielded is never decoded). Stopping early (``break``)
     is fine. ``stats`` (if given) is filled in as it goes.
@@ -95,39 +82,30 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     check_context(model, len(prompt))
-    cached = max(0, min(int(cached), len(prompt) - 1))  # prefill >= 1 token: its logits start us off
+    cached = max(0, min(int(cached), cached_prefix(model, prompt), len(prompt) - 1))
     st = stats if stats is not None else GenerationStats()
     st.prompt_tokens, st.cached_tokens = len(prompt), cached
     history = list(prompt)
-    _CACHE.pop(model, None)
-    try:
+    t0 = time.perf_counter()
+    model.truncate(cached)
+    logits = model.prefill(prompt[cached:])
+    token = sampler(logits, history)
+    st.prefill_s = time.perf_counter() - t0
+    while True:
+        st.new_tokens += 1
+        history.append(token)
+        yield token
+        if st.new_tokens >= max_tokens:
+            st.finish_reason = "length"
+            return
+        if model.pos >= model.max_seq:
+            st.finish_reason = "context"
+            return
         t0 = time.perf_counter()
-        if cached:
-            model.truncate(cached)
-        else:
-            model.reset()
-        logits = model.prefill(prompt[cached:])
+        logits = model.decode(token)
         token = sampler(logits, history)
-        st.prefill_s = time.perf_counter() - t0
-        while True:
-            st.new_tokens += 1
-            history.append(token)
-            yield token
-            if st.new_tokens >= max_tokens:
-                st.finish_reason = "length"
-                return
-            if model.pos >= model.max_seq:
-                st.finish_reason = "context"
-                return
-            t0 = time.perf_counter()
-            logits = model.decode(token)
-            token = sampler(logits, history)
-            st.decode_s += time.perf_counter() - t0
-            st.decode_calls += 1
-    finally:
-        # all of history but the last sampled token went into the cache (unless a call failed)
-        if model.pos <= len(history):
-            _CACHE[model] = history[:model.pos]
+        st.decode_s += time.perf_counter() - t0
+        st.decode_calls += 1
 
 
 def stop_index(text: str, stops: Sequence[str]) -> int:

@@ -1,11 +1,12 @@
 """The device layer: adapter choice, limits and features, buffers, a pipeline cache.
 
-Everything that touches wgpu's device object lives here, so that kernels.py and model.py
+Everything that touches wgpu's device object lives here, so that the ops (llmgpu/ops) and model.py
 speak in terms of named buffers and cached pipelines.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,19 +77,23 @@ def choose_adapter(select: str | None = None):
     raise GpuError(f"no adapter matches {select!r}; available: {names}")
 
 
-def preprocess(src: str, consts: dict) -> str:
+def preprocess(src: str, consts: dict) -> tuple[str, set]:
     """Keep or drop lines between `//#if NAME` (or `//#if !NAME`) / `//#else` / `//#endif`
-    by a bool constant.
+    by a bool constant; returns the text and the names the directives used.
 
-    Needed where the dropped code would not compile at all on this adapter (subgroup
-    built-ins without the subgroup feature); ordinary branches use `if (CONST)` instead.
+    Only for code that must not exist at all in some variants: subgroup built-ins on an
+    adapter without subgroups, bindings whose type differs (int8 or f32 outputs). Every other
+    choice is an `override` constant and an ordinary `if`, which the compiler folds.
     """
-    out, stack = [], []
+    out, stack, used = [], [], set()
     for line in src.splitlines():
         t = line.strip()
         if t.startswith("//#if "):
-            name = t[6:].strip()
-            stack.append(not consts[name[1:]] if name.startswith("!") else bool(consts[name]))
+            name = t[6:].strip().lstrip("!")
+            if name not in consts:
+                raise GpuError(f"shader flag {name} (//#if) was not given")
+            used.add(name)
+            stack.append(bool(consts[name]) != t[6:].strip().startswith("!"))
         elif t == "//#else":
             stack[-1] = not stack[-1]
         elif t == "//#endif":
@@ -97,7 +102,31 @@ def preprocess(src: str, consts: dict) -> str:
             out.append(line)
     if stack:
         raise ValueError("unbalanced //#if in shader source")
-    return "\n".join(out)
+    return "\n".join(out), used
+
+
+_OVERRIDE = re.compile(r"^\s*override\s+(\w+)", re.M)
+_BINDING = re.compile(r"@group\(0\)\s*@binding\((\d+)\)\s*var<(\w+)(?:,\s*(\w+))?>\s+(\w+)")
+
+
+def parse_bindings(code: str) -> dict[str, tuple[int, str]]:
+    """{name: (binding, buffer type)} from a shader's group-0 declarations: `var<uniform>` →
+    uniform, `var<storage, read>` → read-only-storage, `var<storage, read_write>` → storage."""
+    out = {}
+    for idx, space, access, name in _BINDING.findall(code):
+        kind = "uniform" if space == "uniform" else ("read-only-storage" if access in ("", "read") else "storage")
+        out[name] = (int(idx), kind)
+    return out
+
+
+def _dump(folder, shader: str, entry: str, code: str, overrides: dict) -> None:
+    """Write the expanded source of a compiled pipeline (`--dump-wgsl DIR`), overrides on top."""
+    import hashlib
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    head = "".join(f"// override {k} = {v}\n" for k, v in sorted(overrides.items()))
+    text = head + code
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    (Path(folder) / f"{shader}.{entry}.{digest}.wgsl").write_text(text)
 
 
 @dataclass
@@ -105,6 +134,7 @@ class Pipeline:
     pipeline: object
     layout: object  # bind group layout 0
     name: str
+    bindings: dict  # WGSL name -> (binding index, buffer type)
 
 
 class Device:
@@ -115,7 +145,8 @@ class Device:
     """
 
     def __init__(self, adapter: str | None = None, *, f16: bool | None = None,
-                 subgroups: bool | None = None, timestamps: bool | None = None, verbose: bool = False):
+                 subgroups: bool | None = None, timestamps: bool | None = None, verbose: bool = False,
+                 dump_wgsl: str | None = None):
         self.adapter = choose_adapter(adapter)
         have = set(self.adapter.features)
         want = {"shader-f16": f16, "subgroup": subgroups, "timestamp-query": timestamps}
@@ -137,6 +168,7 @@ class Device:
         self.max_workgroup_storage = int(lim["max-compute-workgroup-storage-size"])
         self.max_invocations = int(lim["max-compute-invocations-per-workgroup"])
         self.max_groups = int(lim["max-compute-workgroups-per-dimension"])
+        self.dump_wgsl = dump_wgsl  # a folder: write every compiled shader's expanded source there
         self._pipelines: dict = {}
         self._sources: dict = {}
         self.name = _describe(self.adapter)
@@ -147,9 +179,15 @@ class Device:
 
     # -- dtypes -----------------------------------------------------------------------------
     @property
+    def act_type(self) -> str:
+        """WGSL type of activations, group scales, the KV cache and the embedding table on this
+        device: f16 where the adapter has shader-f16, else f32. The one place this is decided."""
+        return "f16" if self.has_f16 else "f32"
+
+    @property
     def act_dtype(self):
-        """NumPy dtype of activations and scales on this device."""
-        return np.float16 if self.has_f16 else np.float32
+        """NumPy dtype matching `act_type`."""
+        return np.float16 if self.act_type == "f16" else np.float32
 
     # -- buffers ----------------------------------------------------------------------------
     def check_size(self, nbytes: int, what: str, binding: bool = True) -> None:
@@ -221,65 +259,78 @@ class Device:
             self._sources[shader] = "\n".join(out) + "\n"
         return self._sources[shader]
 
-    def pipeline(self, shader: str, entry: str = "main", consts: dict | None = None,
-                 types: dict | None = None, snippets: dict | None = None) -> Pipeline:
-        """Compile `shaders/<shader>.wgsl` once per (entry point, constants, type aliases).
+    def source(self, shader: str, consts: dict | None = None, types: dict | None = None,
+               snippets: dict | None = None) -> tuple[str, dict]:
+        """The WGSL that `pipeline` compiles, and the override constants it passes.
 
-        `consts` become WGSL `const` declarations (u32 for ints, bool, f32 for floats) and
-        `types` become `alias` declarations, prepended to the file; `snippets` replace lines
-        `//@NAME` with generated code. All three are part of the cache key.
+        `types` become `alias` declarations prepended to the file (f16 / f32 by adapter);
+        `snippets` replace lines `//@NAME` with generated code (llmgpu/ops/codegen.py);
+        `consts` are either flags of `//#if NAME` blocks (code that must not exist at all in
+        some variants: subgroup built-ins, bindings of another type) or values of the shader's
+        own `override` declarations. A name that is neither is an error.
         """
+        consts, types = dict(consts or {}), dict(types or {})
+        head = ["enable f16;"] if self.has_f16 else []
+        for k, v in sorted(types.items()):
+            if v == "f16" and not self.has_f16:
+                raise GpuError(f"{shader}: f16 requested for {k} but the adapter lacks shader-f16")
+            head.append(f"alias {k} = {v};")
+        body = self._source(shader)
+        for k, v in (snippets or {}).items():
+            body = body.replace(f"//@{k}\n", v + "\n")
+        body, flags = preprocess(body, consts)
+        code = "\n".join(head) + "\n" + body
+        declared = set(_OVERRIDE.findall(code))
+        unknown = set(consts) - declared - flags
+        if unknown:
+            raise GpuError(f"{shader}.wgsl has no override or //#if named {', '.join(sorted(unknown))}")
+        overrides = {k: (float(v) if not isinstance(v, bool) else v) for k, v in consts.items() if k in declared}
+        return code, overrides
+
+    def pipeline(self, shader: str, entry: str = "main", consts: dict | None = None,
+                 types: dict | None = None, snippets: dict | None = None) -> "Pipeline":
+        """Compile `shaders/<shader>.wgsl` once per (entry point, constants, type aliases, snippets),
+        with an explicit bind-group layout read from its own `@binding` declarations: each binding
+        is known by its WGSL name, and `var<storage, read>` becomes a read-only binding."""
         consts = dict(consts or {})
-        types = dict(types or {})
-        snippets = dict(snippets or {})
-        key = (shader, entry, tuple(sorted(consts.items())), tuple(sorted(types.items())),
-               tuple(sorted(snippets.items())))
+        key = (shader, entry, tuple(sorted(consts.items())), tuple(sorted((types or {}).items())),
+               tuple(sorted((snippets or {}).items())))
         hit = self._pipelines.get(key)
         if hit is not None:
             return hit
         if consts.get("WG", 0) > self.max_invocations:
             raise GpuError(f"{shader}: a workgroup of {consts['WG']} invocations exceeds this adapter's "
                            f"limit of {self.max_invocations}; pick a smaller kernel configuration")
-        head = []
-        if self.has_f16:
-            head.append("enable f16;")
-        for k, v in sorted(types.items()):
-            if v == "f16" and not self.has_f16:
-                raise GpuError(f"{shader}: f16 requested for {k} but the adapter lacks shader-f16")
-            head.append(f"alias {k} = {v};")
-        for k, v in sorted(consts.items()):
-            if isinstance(v, bool):
-                head.append(f"const {k}: bool = {'true' if v else 'false'};")
-            elif isinstance(v, (int, np.integer)):
-                head.append(f"const {k}: u32 = {int(v)}u;")
-            else:
-                head.append(f"const {k}: f32 = {float(v)!r};")
-        body = self._source(shader)
-        for k, v in snippets.items():
-            body = body.replace(f"//@{k}\n", v + "\n")
-        body = preprocess(body, consts)
-        code = "\n".join(head) + "\n" + body
+        code, overrides = self.source(shader, consts, types, snippets)
+        if self.dump_wgsl:
+            _dump(self.dump_wgsl, shader, entry, code, overrides)
+        bindings = parse_bindings(code)
         try:
             module = self.device.create_shader_module(label=shader, code=code)
+            layout = self.device.create_bind_group_layout(entries=[
+                {"binding": i, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": kind}}
+                for i, kind in bindings.values()])
             pipe = self.device.create_compute_pipeline(
-                label=f"{shader}:{entry}", layout="auto", compute={"module": module, "entry_point": entry})
+                label=f"{shader}:{entry}", layout=self.device.create_pipeline_layout(bind_group_layouts=[layout]),
+                compute={"module": module, "entry_point": entry, "constants": overrides})
         except Exception as e:  # compile errors carry the WGSL diagnostics
             raise GpuError(f"compiling {shader}.wgsl:{entry} with {consts} {types} failed: {e}") from e
-        p = Pipeline(pipe, pipe.get_bind_group_layout(0), f"{shader}:{entry}")
+        p = Pipeline(pipe, layout, f"{shader}:{entry}", bindings)
         self._pipelines[key] = p
         return p
 
-    def bind_group(self, pipe: Pipeline, buffers):
-        """Bind buffers to group 0: a list (bindings 0..n-1) or a dict {binding: buffer};
-        an entry may be (buffer, offset, size)."""
+    def bind_group(self, pipe: "Pipeline", buffers: dict):
+        """Bind buffers to group 0 by the names the shader gives them: {name: buffer}, where an
+        entry may be (buffer, byte offset, size). Every binding the shader declares must be given."""
+        missing = set(pipe.bindings) - set(buffers)
+        extra = set(buffers) - set(pipe.bindings)
+        if missing or extra:
+            raise ValueError(f"{pipe.name}: bindings {sorted(missing)} missing, {sorted(extra)} not declared")
         entries = []
-        items = buffers.items() if isinstance(buffers, dict) else enumerate(buffers)
-        for i, b in items:
-            if isinstance(b, tuple):
-                buf, off, size = b
-                entries.append({"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}})
-            else:
-                entries.append({"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}})
+        for name, b in buffers.items():
+            buf, off, size = b if isinstance(b, tuple) else (b, 0, b.size)
+            entries.append({"binding": pipe.bindings[name][0],
+                            "resource": {"buffer": buf, "offset": off, "size": size}})
         return self.device.create_bind_group(layout=pipe.layout, entries=entries)
 
     def grid(self, groups: int) -> tuple[int, int, int]:
@@ -288,14 +339,3 @@ class Device:
             return (groups, 1, 1)
         y = -(-groups // self.max_groups)
         return (-(-groups // y), y, 1)
-
-
-_default: Device | None = None
-
-
-def default_device(**kw) -> Device:
-    """A process-wide device (created on first use)."""
-    global _default
-    if _default is None:
-        _default = Device(**kw)
-    return _default

@@ -1,15 +1,18 @@
-"""The model on the GPU: weights, KV cache, and prefill / decode as recorded dispatches.
+"""The model on the GPU: weights, the KV cache, and prefill / decode as lists of kernel ops.
 
-One layer of decode (M = 1), as the GPU sees it: seven dispatches
+A decode step (one token) is, per layer (`Model.decode_layer`), seven dispatches:
 
-    rmsnorm → int8 │ QKV GEMV (+bias) │ attention (q/k norm, RoPE, cache write, → int8)
+    rmsnorm → int8 │ QKV GEMV (+bias) │ attention_decode (q/k norm, RoPE, cache write, → int8)
     │ O GEMV (+= h) │ rmsnorm → int8 │ gate/up GEMV (→ silu·mul → int8) │ down GEMV (+= h)
 
-then final rmsnorm │ lm_head GEMV → logits. Prefill (M > 1) runs the GEMM on f32 inputs with
-separate rope_kv and silu_mul dispatches (a query there needs keys that other workgroups write).
-Every buffer, pipeline and bind group exists before the first token; a step writes the token id
-and its position (a uniform shared by every layer), records the dispatches into one command
-buffer and submits it.
+then the head: final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens
+(`Model.prefill_layer`) runs the same layer through the GEMM on f32 activations, with separate
+rope_kv and silu_mul dispatches (a query there needs keys that other workgroups write).
+
+Every op is built once (llmgpu/ops: one function per WGSL entry point) and cached per step
+shape; a step writes the token ids and their first position (a uniform every layer reads),
+records the ops into one command buffer and submits it. The KV cache knows which token ids it
+holds (`Model.kv.ids`), so generation can reuse a shared prefix.
 """
 from __future__ import annotations
 
@@ -18,15 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 import wgpu
 
-from .config import rope_inv_freq
-from . import fastpath
+from . import fastpath, ops
+from .config import ModelConfig, rope_inv_freq
+from .defaults import DEFAULT_CHUNK, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
 from .gpu import UNIFORM, Device
-from .kernels import Op, Q4Linear, encode, linear, q8_act, quantize_q8, submit
 from .loader import Checkpoint
+from .ops import Heads, Op, Q4Linear, Q8Act
 from .quant import Q4Tensor, Q8Tensor, dequantize
 
 F32 = 4
 
+
+# ---- weights -----------------------------------------------------------------------------
 
 def _interleave32(t: Q4Tensor) -> Q4Tensor:
     """Rows [gate; up] (2F rows) reordered to blocks of 32: gate 0-31, up 0-31, gate 32-63, ...
@@ -51,119 +57,182 @@ def _cat_rows(ts: list[Q4Tensor]) -> Q4Tensor:
 
 @dataclass
 class Layer:
+    """One transformer block's weights on the GPU."""
+
     attn_norm: object  # (d,) f32
     mlp_norm: object  # (d,) f32
     qkv: Q4Linear  # (q_dim + 2·kv_dim, d), biases fused
     o: Q4Linear  # (d, q_dim)
     gate_up: Q4Linear  # (2·ff, d): gate and up rows interleaved in blocks of 32
     down: Q4Linear  # (d, ff)
-    q_norm: object  # (hd,) f32 or a dummy
-    k_norm: object
-    kc: object  # (max_seq, n_kv, hd) cache dtype
-    vc: object  # (max_seq, n_kv, hd) cache dtype
+    q_norm: object = None  # (hd,) f32, Qwen3 only
+    k_norm: object = None  # (hd,) f32, Qwen3 only
 
+
+def _quantized(T: dict, name: str):
+    t = T[name]
+    if not isinstance(t, (Q4Tensor, Q8Tensor)):
+        raise ValueError(f"{name} is not quantized; load through Model.load or quantize_checkpoint")
+    return t
+
+
+def load_layer(dev: Device, T: dict, cfg: ModelConfig, i: int) -> Layer:
+    """Layer i's weights from Hugging Face tensor names, fused and uploaded."""
+    p, a = f"model.layers.{i}.", f"model.layers.{i}.self_attn."
+    f32 = lambda name: dev.buffer(np.asarray(T[name], np.float32), label=name)  # noqa: E731
+    bias = lambda name: np.asarray(T[name], np.float32) if name in T else None  # noqa: E731
+    qkv_bias = None
+    if a + "q_proj.bias" in T:
+        qkv_bias = np.concatenate([bias(a + n + ".bias") for n in ("q_proj", "k_proj", "v_proj")])
+    qkv = _cat_rows([_quantized(T, a + n + ".weight") for n in ("q_proj", "k_proj", "v_proj")])
+    gate_up = _interleave32(_cat_rows([_quantized(T, p + "mlp.gate_proj.weight"), _quantized(T, p + "mlp.up_proj.weight")]))
+    return Layer(
+        attn_norm=f32(p + "input_layernorm.weight"), mlp_norm=f32(p + "post_attention_layernorm.weight"),
+        qkv=Q4Linear(dev, qkv, label=f"L{i}.qkv", bias=qkv_bias),
+        o=Q4Linear(dev, _quantized(T, a + "o_proj.weight"), label=f"L{i}.o", bias=bias(a + "o_proj.bias")),
+        gate_up=Q4Linear(dev, gate_up, label=f"L{i}.gate_up"),
+        down=Q4Linear(dev, _quantized(T, p + "mlp.down_proj.weight"), label=f"L{i}.down"),
+        q_norm=f32(a + "q_norm.weight") if cfg.qk_norm else None,
+        k_norm=f32(a + "k_norm.weight") if cfg.qk_norm else None)
+
+
+def rope_table(dev: Device, cfg: ModelConfig, max_seq: int):
+    """(cos, sin) of pos · inv_freq[i]: (max_seq, head_dim/2, 2) f32 on the GPU."""
+    ang = np.arange(max_seq, dtype=np.float64)[:, None] * rope_inv_freq(cfg)[None, :]
+    return dev.buffer(np.stack([np.cos(ang), np.sin(ang)], axis=-1).astype(np.float32), label="rope")
+
+
+def check_dims(cfg: ModelConfig) -> None:
+    d, ff, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    if d % 32 or ff % 32 or hd % 4:
+        raise ValueError(f"unsupported dimensions: hidden_size {d} and intermediate_size {ff} must be "
+                         f"multiples of 32, head_dim {hd} of 4")
+    if hd > 256:
+        raise ValueError(f"head_dim {hd} > 256 is not supported")
+
+
+def context_size(cfg: ModelConfig, max_seq) -> int:
+    """The KV cache's length: max_seq, capped by the model's max_position_embeddings."""
+    if isinstance(max_seq, bool) or not isinstance(max_seq, (int, np.integer)) or max_seq < 1:
+        raise ValueError(f"the context (max_seq / --ctx) must be a whole number of tokens >= 1, got {max_seq!r}")
+    if cfg.sliding_window and max_seq > cfg.sliding_window:
+        raise ValueError(f"context {max_seq} exceeds this model's sliding window {cfg.sliding_window} "
+                         f"(llmgpu implements full attention only); use a context of at most "
+                         f"{cfg.sliding_window}")
+    return min(int(max_seq), cfg.max_position_embeddings)
+
+
+# ---- the KV cache and the activations ----------------------------------------------------
+
+class KVCache:
+    """Keys and values of every layer on the GPU, and the token ids whose keys and values they
+    hold (positions 0 .. len(ids) - 1). The only place the context limit is checked."""
+
+    def __init__(self, dev: Device, n_layers: int, heads: Heads):
+        self.heads = heads
+        self.max_seq = heads.max_seq
+        size = heads.cache_bytes(dev.act_type)
+        self.k = [dev.buffer(size=size, label=f"L{i}.k_cache") for i in range(n_layers)]  # (max_seq, n_kv, hd)
+        self.v = [dev.buffer(size=size, label=f"L{i}.v_cache") for i in range(n_layers)]  # (max_seq, n_kv, hd)
+        self.ids: list[int] = []
+
+    @property
+    def pos(self) -> int:
+        """Positions filled: the next token goes here."""
+        return len(self.ids)
+
+    def check_room(self, n: int) -> None:
+        if self.pos + n > self.max_seq:
+            raise ValueError(f"the prompt plus new tokens ({self.pos + n}) exceed the context of {self.max_seq} "
+                             f"tokens; start a new conversation or load with a larger context (--ctx)")
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n positions (what follows is overwritten by the next step)."""
+        if not 0 <= n <= self.pos:
+            raise ValueError(f"cannot truncate the cache to {n} tokens (it holds {self.pos})")
+        del self.ids[n:]
+
+    def common_prefix(self, ids) -> int:
+        """How many leading `ids` the cache already holds."""
+        n = 0
+        for a, b in zip(self.ids, ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
+
+@dataclass
+class Scratch:
+    """Activation buffers, sized for a prefill chunk of C rows (decode uses row 0)."""
+
+    ids: object  # (C,) u32
+    h: object  # (C, d) f32, the residual stream
+    xn: object  # (C, d) f32, normed
+    qkv: object  # (C, qkv_dim) f32
+    q: object  # (C, q_dim) f32, rotated queries (prefill)
+    att: object  # (C, q_dim) f32, attention output
+    gu: object  # (C, 2·ff) f32
+    act: object  # (C, ff) f32
+    scores: object  # (C·n_heads, max_seq) f32, attention scratch
+    logits: object  # (logit_rows, V) f32
+    x8: Q8Act  # (d,) int8 blocks: decode's normed input
+    att8: Q8Act  # (q_dim,) int8 blocks: decode's attention output
+    act8: Q8Act  # (ff,) int8 blocks: decode's silu(gate)·up
+    logit_rows: int
+
+    @classmethod
+    def allocate(cls, dev: Device, cfg: ModelConfig, heads: Heads, C: int) -> "Scratch":
+        d, ff, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+        f32 = lambda n, label: dev.buffer(size=n * F32, label=label)  # noqa: E731
+        rows = max(1, min(C, dev.max_binding // (V * F32)))
+        return cls(ids=dev.buffer(size=C * 4, label="ids"), h=f32(C * d, "h"), xn=f32(C * d, "xn"),
+                   qkv=f32(C * heads.qkv_dim, "qkv"), q=f32(C * heads.q_dim, "q"), att=f32(C * heads.q_dim, "att"),
+                   gu=f32(C * 2 * ff, "gu"), act=f32(C * ff, "act"),
+                   scores=f32(C * heads.n_heads * heads.max_seq, "scores"), logits=f32(rows * V, "logits"),
+                   x8=ops.q8_act(dev, d, label="x8"), att8=ops.q8_act(dev, heads.q_dim, label="att8"),
+                   act8=ops.q8_act(dev, ff, label="act8"), logit_rows=rows)
+
+
+# ---- the model ---------------------------------------------------------------------------
 
 class Model:
     """A decoder-only transformer (llama / mistral / qwen2 / qwen3) resident on one GPU device."""
 
-    def __init__(self, ckpt: Checkpoint, *, dev: Device | None = None, max_seq: int = 4096,
-                 chunk: int = 256, q8: bool = True, head_q8: bool = False):
+    def __init__(self, ckpt: Checkpoint, *, dev: Device | None = None, max_seq: int = DEFAULT_MAX_SEQ,
+                 chunk: int = DEFAULT_CHUNK, q8: bool = True, head_q8: bool = False):
         """q8: decode's layer GEMVs take int8 activations (fast; ~1 % logit noise).
         head_q8: so does lm_head. Off by default: greedy picks between near-tied logits (on
         SmolLM2, 25.25 vs 25.33 for the first answer token) and int8 noise flips them."""
         self.ckpt = ckpt
         self.config = cfg = ckpt.config
+        check_dims(cfg)
+        self.max_seq = context_size(cfg, max_seq)
         self.dev = dev = dev or Device()
         self.device_name = dev.name
-        self.q8 = q8
-        self.head_q8 = q8 and head_q8
-        if cfg.sliding_window and max_seq > cfg.sliding_window:
-            raise ValueError(f"context {max_seq} exceeds this model's sliding window {cfg.sliding_window} "
-                             f"(llmgpu implements full attention only); use a context of at most "
-                             f"{cfg.sliding_window}")
-        self.max_seq = max_seq = min(max_seq, cfg.max_position_embeddings)
-        self.pos = 0
-        d, hd, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-        if d % 32 or cfg.intermediate_size % 32 or hd % 4:
-            raise ValueError(f"unsupported dimensions: hidden_size {d} and intermediate_size "
-                             f"{cfg.intermediate_size} must be multiples of 32, head_dim {hd} of 4")
-        if hd > 256:
-            raise ValueError(f"head_dim {hd} > 256 is not supported")
+        self.q8, self.head_q8 = q8, q8 and head_q8
+        self.heads = Heads(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.max_seq)
         # Prefill chunk: bounded so that the attention scratch fits one storage binding.
-        self.chunk = max(1, min(chunk, dev.max_binding // (nh * max_seq * F32)))
-        self.cache_t = "f16" if dev.has_f16 else "f32"
-        cache_np = np.float16 if dev.has_f16 else np.float32
+        self.chunk = max(1, min(chunk, dev.max_binding // (self.heads.n_heads * self.max_seq * F32)))
         T = ckpt.tensors
-
-        def f32(name):
-            return dev.buffer(np.asarray(T[name], np.float32), label=name)
-
-        def q4(name):
-            t = T[name]
-            if not isinstance(t, (Q4Tensor, Q8Tensor)):
-                raise ValueError(f"{name} is not quantized; load through Model.load or quantize_checkpoint")
-            return t
-
-        dummy = dev.buffer(size=16, label="dummy")
-        self.layers: list[Layer] = []
-        for i in range(cfg.num_hidden_layers):
-            p = f"model.layers.{i}."
-            a = p + "self_attn."
-            qkv_bias = None
-            if a + "q_proj.bias" in T:
-                qkv_bias = np.concatenate([np.asarray(T[a + n + ".bias"], np.float32)
-                                           for n in ("q_proj", "k_proj", "v_proj")])
-            kv_bytes = max_seq * nkv * hd * np.dtype(cache_np).itemsize
-            self.layers.append(Layer(
-                attn_norm=f32(p + "input_layernorm.weight"),
-                mlp_norm=f32(p + "post_attention_layernorm.weight"),
-                qkv=Q4Linear(dev, _cat_rows([q4(a + "q_proj.weight"), q4(a + "k_proj.weight"),
-                                             q4(a + "v_proj.weight")]), label=f"L{i}.qkv", bias=qkv_bias),
-                o=Q4Linear(dev, q4(a + "o_proj.weight"), label=f"L{i}.o",
-                           bias=np.asarray(T[a + "o_proj.bias"], np.float32) if a + "o_proj.bias" in T else None),
-                gate_up=Q4Linear(dev, _interleave32(_cat_rows([q4(p + "mlp.gate_proj.weight"),
-                                                               q4(p + "mlp.up_proj.weight")])),
-                                 label=f"L{i}.gate_up"),
-                down=Q4Linear(dev, q4(p + "mlp.down_proj.weight"), label=f"L{i}.down"),
-                q_norm=f32(a + "q_norm.weight") if cfg.qk_norm else dummy,
-                k_norm=f32(a + "k_norm.weight") if cfg.qk_norm else dummy,
-                kc=dev.buffer(size=kv_bytes, label=f"L{i}.k_cache"),
-                vc=dev.buffer(size=kv_bytes, label=f"L{i}.v_cache")))
-        self.norm = f32("model.norm.weight")
-        self.lm_head = Q4Linear(dev, q4("lm_head.weight"), label="lm_head")
-        self._init_embedding(np.asarray(T["model.embed_tokens.weight"]) if "model.embed_tokens.weight" in T
-                             else dequantize(T["lm_head.weight"]))
-        inv = rope_inv_freq(cfg)
-        ang = np.arange(max_seq, dtype=np.float64)[:, None] * inv[None, :]
-        self.rope = dev.buffer(np.stack([np.cos(ang), np.sin(ang)], axis=-1).astype(np.float32), label="rope")
-
-        C, V = self.chunk, cfg.vocab_size
-        qkv_dim = (nh + 2 * nkv) * hd
-        ff = cfg.intermediate_size
-        buf = lambda n, label: dev.buffer(size=n * F32, label=label)  # noqa: E731
-        self.ids = dev.buffer(size=C * 4, label="ids")  # (C,) u32
-        self.h = buf(C * d, "h")  # (C, d) residual stream
-        self.xn = buf(C * d, "xn")  # (C, d) normed
-        self.qkv = buf(C * qkv_dim, "qkv")  # (C, qkv_dim)
-        self.q = buf(C * nh * hd, "q")  # (C, n_heads·hd) rotated queries
-        self.att = buf(C * nh * hd, "att")  # (C, n_heads·hd) attention output
-        self.gu = buf(C * 2 * ff, "gu")  # (C, 2·ff)
-        self.act = buf(C * ff, "act")  # (C, ff)
-        self.scores = buf(C * nh * max_seq, "scores")  # (C·n_heads, max_seq) attention scratch
-        self.logits_rows = max(1, min(C, dev.max_binding // (V * F32)))
-        self.logits_buf = buf(self.logits_rows * V, "logits")  # (rows, V)
-        self.x8, self.att8, self.act8 = q8_act(dev, d, label="x8"), q8_act(dev, nh * hd, label="att8"), \
-            q8_act(dev, ff, label="act8")
-        self.step = dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="step", binding=False)
-        self._ops: dict = {}  # (M, head) -> the step's ops
-        self._row_ops: dict = {}  # (row, out_row) -> final norm + lm_head of one row
+        self.layers = [load_layer(dev, T, cfg, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = dev.buffer(np.asarray(T["model.norm.weight"], np.float32), label="model.norm")  # (d,) f32
+        self.lm_head = Q4Linear(dev, _quantized(T, "lm_head.weight"), label="lm_head")
+        table = T["model.embed_tokens.weight"] if "model.embed_tokens.weight" in T else dequantize(T["lm_head.weight"])
+        self.embedding = ops.EmbeddingTable.upload(dev, np.asarray(table))
+        self.rope = rope_table(dev, cfg, self.max_seq)
+        self.kv = KVCache(dev, cfg.num_hidden_layers, self.heads)
+        self.buf = Scratch.allocate(dev, cfg, self.heads, self.chunk)
+        self.step = dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="step", binding=False)  # pos0
+        self.staging = dev.device.create_buffer(size=cfg.vocab_size * F32, label="logits.staging",  # (V,) f32
+                                                usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+        self._steps: dict = {}  # (M, head) -> (ops, raw handles)
+        self._row_heads: dict = {}  # (row, out_row) -> final norm + lm_head of one row
         self._next_decode = None  # a decode step's command buffer, recorded ahead
-        self.staging = dev.device.create_buffer(size=V * F32, usage=wgpu.BufferUsage.MAP_READ |
-                                                wgpu.BufferUsage.COPY_DST, label="logits.staging")  # (V,) f32
 
     @classmethod
-    def load(cls, source=None, *, group_size: int = 32, max_seq: int = 4096, adapter: str | None = None,
-             progress: bool = True, **kw) -> "Model":
+    def load(cls, source=None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
+             adapter: str | None = None, progress: bool = True, dump_wgsl: str | None = None, **kw) -> "Model":
         """Load a checkpoint (default: the offline SmolLM2-135M-Instruct GGUF), quantize every
         linear to q4gsw (cached on disk), and put it on the GPU."""
         from .loader import load_cached_or_quantize
@@ -171,144 +240,117 @@ class Model:
             from .defaults import default_model_path
             source = default_model_path()
         ckpt = load_cached_or_quantize(source, group_size, progress=progress)
-        dev = Device(adapter)
-        return cls(ckpt, dev=dev, max_seq=max_seq, **kw)
+        return cls(ckpt, dev=Device(adapter, dump_wgsl=dump_wgsl), max_seq=max_seq, **kw)
 
-    # ---- embedding ------------------------------------------------------------------------
-    def _init_embedding(self, table: np.ndarray) -> None:
-        dev = self.dev
-        et = np.float16 if dev.has_f16 else np.float32
-        table = np.ascontiguousarray(table, dtype=et)
-        V, d = table.shape
-        row = d * table.itemsize
-        rows0 = min(V, dev.max_binding // row)
-        if (V - rows0) * row > dev.max_binding:
-            raise ValueError(f"the embedding table ({V}×{d}) needs more than two storage bindings on "
-                             f"{dev.name}; use an adapter with a larger max storage binding")
-        self.emb_t = "f16" if et == np.float16 else "f32"
-        self.emb_rows0 = rows0
-        self.emb = (dev.buffer(table[:rows0], label="embed[0]"),
-                    dev.buffer(table[rows0:], label="embed[1]") if rows0 < V else dev.buffer(size=16))
+    @property
+    def pos(self) -> int:
+        return self.kv.pos
 
-    # ---- recorded dispatches --------------------------------------------------------------
-    def _op(self, shader, consts, types, binds, grid, params):
-        dev = self.dev
-        pipe = dev.pipeline(shader, consts=consts, types=types)
-        u = dev.uniform(params, label=f"{shader}.params")
-        return Op(pipe, dev.bind_group(pipe, {0: u, **binds}), grid, keep=[u])
+    @property
+    def cached_ids(self) -> list[int]:
+        """The token ids whose keys and values the cache holds, in order."""
+        return list(self.kv.ids)
 
-    def _norm(self, x, w, M, out, row=0) -> Op:
-        """RMSNorm of rows row .. row+M of x into out (f32 rows from 0, or int8 blocks)."""
-        cfg = self.config
-        params = [M, cfg.hidden_size, float(cfg.rms_norm_eps), row]
-        consts = {"WG": 128, "SUBGROUPS": self.dev.has_subgroups, "Q8OUT": hasattr(out, "xq")}
-        binds = {1: x, 2: w, 3: out.xq, 4: out.xd} if hasattr(out, "xq") else {1: x, 2: w, 3: out}
-        return self._op("norm", consts, {}, binds, (M, 1, 1), params)
-
-    def _linear(self, lin, x, y, M, residual=False) -> list[Op]:
-        return linear(self.dev, lin, x, y, M, residual=residual, config=self._lin_config(lin, M))
-
-    def _lin_config(self, lin, M):
-        from .kernels import gemm_config, gemv_config
-        cfg = gemv_config(self.dev, lin.K, lin.N) if M == 1 else gemm_config(self.dev, M, lin.N)
-        return {**cfg, "ACT": "f32"}
-
-    def _layer_ops(self, L: Layer, M: int) -> list[Op]:
-        cfg, dev = self.config, self.dev
-        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        dec = M == 1 and self.q8
-        x_in, att_in, act_in = (self.x8, self.att8, self.act8) if dec else (self.xn, self.att, self.act)
-        ops = [self._norm(self.h, L.attn_norm, M, x_in)]
-        ops += self._linear(L.qkv, x_in, self.qkv, M)
-        fuse8 = dec and hd % 32 == 0  # attention writes int8 blocks itself (blocks within a head)
-        out = {6: self.att8.xq, 7: self.att8.xd} if fuse8 else {6: self.att}
-        consts = {"WG": 256, "D4": hd // 4, "SUBGROUPS": dev.has_subgroups, "Q8OUT": fuse8,
-                  "ROPE": M == 1, "QK_NORM": cfg.qk_norm}
-        params = [M, nh, nkv, hd, self.max_seq, float(hd ** -0.5), float(cfg.rms_norm_eps)]
-        if M == 1:  # decode: attention does rope_kv's work itself (no cross-workgroup dependency)
-            binds = {1: self.step, 2: self.qkv, 3: L.kc, 4: L.vc, 5: self.scores, 8: self.rope,
-                     9: L.q_norm, 10: L.k_norm, **out}  # q/k norms: dummies without QK_NORM
+    # ---- one layer, as the GPU runs it ----------------------------------------------------
+    def decode_layer(self, i: int) -> list[Op]:
+        """Layer i for one token (row 0 of h)."""
+        L, b, dev, cfg = self.layers[i], self.buf, self.dev, self.config
+        x, att, act = (b.x8, b.att8, b.act8) if self.q8 else (b.xn, b.att, b.act)
+        d = cfg.hidden_size
+        if isinstance(att, Q8Act) and self.heads.head_dim % 32:
+            att_ops = [self._attention_decode(i, b.att), ops.quantize_q8(dev, b.att, att, act="f32")]
         else:
-            ops.append(self._op("rope_kv", {"WG": 64, "QK_NORM": cfg.qk_norm}, {"cache_t": self.cache_t},
-                                {1: self.step, 2: self.qkv, 3: self.rope, 4: L.q_norm, 5: L.k_norm, 6: self.q,
-                                 7: L.kc, 8: L.vc},
-                                (nh + 2 * nkv, M, 1), [M, nh, nkv, hd, float(cfg.rms_norm_eps)]))
-            binds = {1: self.step, 2: self.q, 3: L.kc, 4: L.vc, 5: self.scores, **out}
-        ops.append(self._op("attention", consts, {"cache_t": self.cache_t}, binds, (nh, M, 1), params))
-        if dec and not fuse8:
-            ops.append(quantize_q8(dev, self.att, self.att8, act="f32"))
-        ops += self._linear(L.o, att_in, self.h, M, residual=True)
-        ops.append(self._norm(self.h, L.mlp_norm, M, x_in))
-        ff = cfg.intermediate_size
-        if dec and len(L.gate_up.slices) == 1:  # gate/up GEMV writes silu(gate)·up as int8 itself
-            ops += linear(dev, L.gate_up, x_in, act_in, 1, silu=True)
-        else:
-            ops += self._linear(L.gate_up, x_in, self.gu, M)
-            out = {2: act_in.xq, 3: act_in.xd} if dec else {2: act_in}
-            ops.append(self._op("silu_mul", {"WG": 64, "Q8OUT": dec}, {}, {1: self.gu, **out},
-                                dev.grid(-(-M * (ff // 32) // 64)), [M, ff]))
-        ops += self._linear(L.down, act_in, self.h, M, residual=True)
-        return ops
+            att_ops = [self._attention_decode(i, att)]
+        return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=cfg.rms_norm_eps),
+                *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"),
+                *att_ops,
+                *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),
+                ops.rmsnorm(dev, b.h, L.mlp_norm, x, rows=1, dim=d, eps=cfg.rms_norm_eps),
+                *self._swiglu_decode(L, x, act),
+                *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32")]
 
-    def _embed_op(self, M: int) -> Op:
-        d = self.config.hidden_size
-        return self._op("embed", {"WG": 64}, {"emb_t": self.emb_t},
-                        {1: self.ids, 2: self.emb[0], 3: self.emb[1], 4: self.h},
-                        self.dev.grid(-(-M * d // 4 // 64)), [M, d, self.emb_rows0])
+    def prefill_layer(self, i: int, M: int) -> list[Op]:
+        """Layer i for M tokens (rows 0 .. M-1 of h) at cache positions pos0 .. pos0 + M - 1."""
+        L, b, dev, cfg = self.layers[i], self.buf, self.dev, self.config
+        d, ff, eps = cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps
+        return [ops.rmsnorm(dev, b.h, L.attn_norm, b.xn, rows=M, dim=d, eps=eps),
+                *ops.gemm(dev, L.qkv, b.xn, b.qkv, rows=M, act="f32"),
+                ops.rope_kv(dev, self.step, b.qkv, self.rope, b.q, self.kv.k[i], self.kv.v[i], rows=M,
+                            shape=self.heads, eps=eps, q_norm=L.q_norm, k_norm=L.k_norm),
+                ops.attention_prefill(dev, self.step, b.q, self.kv.k[i], self.kv.v[i], b.scores, b.att, rows=M,
+                                      shape=self.heads),
+                *ops.gemm(dev, L.o, b.att, b.h, rows=M, residual=True, act="f32"),
+                ops.rmsnorm(dev, b.h, L.mlp_norm, b.xn, rows=M, dim=d, eps=eps),
+                *ops.gemm(dev, L.gate_up, b.xn, b.gu, rows=M, act="f32"),
+                ops.silu_mul(dev, b.gu, b.act, rows=M, ff=ff),
+                *ops.gemm(dev, L.down, b.act, b.h, rows=M, residual=True, act="f32")]
 
-    def _head_ops(self, row: int, out_row: int = 0) -> list[Op]:
+    def _attention_decode(self, i: int, out) -> Op:
+        L = self.layers[i]
+        return ops.attention_decode(self.dev, self.step, self.buf.qkv, self.rope, self.kv.k[i], self.kv.v[i],
+                                    self.buf.scores, out, shape=self.heads, eps=self.config.rms_norm_eps,
+                                    q_norm=L.q_norm, k_norm=L.k_norm)
+
+    def _swiglu_decode(self, L: Layer, x, act) -> list[Op]:
+        """gate/up GEMV and silu·mul: fused into one GEMV where the weight is one slice and the
+        output int8, else the GEMV then silu_mul."""
+        if isinstance(act, Q8Act) and len(L.gate_up.slices) == 1:
+            return ops.gemv(self.dev, L.gate_up, x, act, silu=True, act="f32")
+        return [*ops.gemv(self.dev, L.gate_up, x, self.buf.gu, act="f32"),
+                ops.silu_mul(self.dev, self.buf.gu, act, rows=1, ff=self.config.intermediate_size)]
+
+    def head(self, row: int, out_row: int = 0) -> list[Op]:
         """Final norm of row `row` of h and lm_head → row `out_row` of the logits buffer."""
-        V = self.config.vocab_size
-        x = self.x8 if self.head_q8 else self.xn
-        return [self._norm(self.h, self.norm, 1, x, row)] + \
-            self._linear(self.lm_head, x, (self.logits_buf, out_row * V * F32, V * F32), 1)
+        b, cfg = self.buf, self.config
+        V = cfg.vocab_size
+        x = b.x8 if self.head_q8 else b.xn
+        return [ops.rmsnorm(self.dev, b.h, self.norm, x, rows=1, dim=cfg.hidden_size, eps=cfg.rms_norm_eps, row0=row),
+                *ops.gemv(self.dev, self.lm_head, x, (b.logits, out_row * V * F32, V * F32), act="f32")]
 
-    def ops(self, M: int, head: bool = True) -> list[Op]:
-        """All dispatches of a step over M new tokens (cached per M)."""
+    def step_ops(self, M: int, head: bool = True) -> list[Op]:
+        """Every dispatch of a step over M new tokens: embedding, layers, and (head) the logits
+        of the last one. Built once per (M, head)."""
+        return self._step(M, head)[0]
+
+    def _step(self, M: int, head: bool):
         key = (M, head)
-        if key not in self._ops:
-            ops = [self._embed_op(M)]
-            for L in self.layers:
-                ops += self._layer_ops(L, M)
+        if key not in self._steps:
+            layer = self.decode_layer if M == 1 else lambda i: self.prefill_layer(i, M)
+            step = [ops.embed(self.dev, self.buf.ids, self.embedding, self.buf.h, rows=M)]
+            for i in range(len(self.layers)):
+                step += layer(i)
             if head:
-                ops += self._head_ops(M - 1)
-            if len(self._ops) > 8:  # prefill remainders: keep the cache small
-                self._ops.pop(next(k for k in self._ops if k[0] != 1))
-            self._ops[key] = (ops, fastpath.compile_ops(ops))
-        return self._ops[key][0]
+                step += self.head(M - 1)
+            if len(self._steps) > 8:  # prefill remainders: keep the cache small
+                self._steps.pop(next(k for k in self._steps if k[0] != 1))
+            self._steps[key] = (step, fastpath.compile_ops(step))
+        return self._steps[key]
 
-    # ---- the interface used by generation -------------------------------------------------
+    # ---- running steps --------------------------------------------------------------------
     def reset(self) -> None:
-        self.pos = 0
+        self.kv.truncate(0)
 
     def truncate(self, pos: int) -> None:
-        if not 0 <= pos <= self.pos:
-            raise ValueError(f"cannot truncate the cache to {pos} tokens (it holds {self.pos})")
-        self.pos = pos
-
-    def _check_room(self, n: int) -> None:
-        if self.pos + n > self.max_seq:
-            raise ValueError(f"prompt plus new tokens ({self.pos + n}) exceed the context of {self.max_seq} "
-                             f"tokens; start a new conversation or load with a larger context (--ctx)")
+        self.kv.truncate(pos)
 
     def _record(self, M: int, head: bool):
-        ops = self.ops(M, head)
+        step, raw = self._step(M, head)
 
         def copy_logits(enc):  # the logits row goes straight to a mappable buffer, same submission
-            enc.copy_buffer_to_buffer(self.logits_buf, 0, self.staging, 0, self.config.vocab_size * F32)
-        return encode(self.dev, ops, self._ops[(M, head)][1], copy_logits if head else None)
+            enc.copy_buffer_to_buffer(self.buf.logits, 0, self.staging, 0, self.config.vocab_size * F32)
+        return ops.encode(self.dev, step, raw, copy_logits if head else None)
 
-    def _run(self, ids, head: bool) -> None:
+    def _run(self, ids: list[int], head: bool) -> None:
         M = len(ids)
-        self.dev.write(self.ids, np.asarray(ids, np.uint32))
-        self.dev.write(self.step, np.array([self.pos, 0, 0, 0], np.uint32))
+        self.dev.write(self.buf.ids, np.asarray(ids, np.uint32))
+        self.dev.write(self.step, np.array([self.kv.pos, 0, 0, 0], np.uint32))
         decode = M == 1 and head
         cmd = self._next_decode if decode and self._next_decode is not None else self._record(M, head)
         self.dev.queue.submit([cmd])
         self._next_decode = None
+        self.kv.ids += ids
         if decode:  # record the next step's dispatches while the GPU runs this one
             self._next_decode = self._record(1, True)
-        self.pos += M
 
     def _read_staged(self) -> np.ndarray:
         """The logits (V,) that the last step with head=True copied into self.staging."""
@@ -319,56 +361,50 @@ class Model:
         finally:
             self.staging.unmap()
 
-    def _read_logits(self, rows: int) -> np.ndarray:
-        return self.dev.read(self.logits_buf, np.float32, (rows, self.config.vocab_size))
-
-    def prefill(self, ids) -> np.ndarray:
-        """Append ids to the cache (in chunks); return the last token's logits (vocab,) f32."""
+    def _checked(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("prefill needs at least one token")
-        self._check_room(len(ids))
-        self._validate(ids)
-        for s in range(0, len(ids), self.chunk):
-            part = ids[s:s + self.chunk]
-            self._run(part, head=s + self.chunk >= len(ids))
-        return self._read_staged()
-
-    def decode(self, token_id: int) -> np.ndarray:
-        """Append one token; return its logits (vocab,) f32."""
-        self._check_room(1)
-        self._validate([token_id])
-        self._run([int(token_id)], head=True)
-        return self._read_staged()
-
-    def logits(self, ids) -> np.ndarray:
-        """From an empty cache, the logits of every position (len(ids), vocab) f32."""
-        ids = [int(i) for i in ids]
-        self.reset()
-        self._check_room(len(ids))
-        self._validate(ids)
-        out = np.empty((len(ids), self.config.vocab_size), np.float32)
-        for s in range(0, len(ids), self.chunk):
-            part = ids[s:s + self.chunk]
-            self._run(part, head=False)
-            for r0 in range(0, len(part), self.logits_rows):
-                r1 = min(len(part), r0 + self.logits_rows)
-                ops = []
-                for r in range(r0, r1):  # each row through the same path as decode's head
-                    ops += self._row_head_ops(r, r - r0)
-                submit(self.dev, ops)
-                out[s + r0:s + r1] = self._read_logits(r1 - r0)
-        return out
-
-    def _row_head_ops(self, row: int, out_row: int) -> list[Op]:
-        key = (row, out_row)
-        if key not in self._row_ops:
-            self._row_ops[key] = self._head_ops(row, out_row)
-        return self._row_ops[key]
-
-    def _validate(self, ids) -> None:
+        self.kv.check_room(len(ids))
         V = self.config.vocab_size
         bad = [i for i in ids if not 0 <= i < V]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {V})")
+        return ids
 
+    def prefill(self, ids) -> np.ndarray:
+        """Append ids to the cache (in chunks); return the last token's logits (vocab,) f32.
+        Waits for the GPU between chunks, so that Ctrl-C takes effect within one chunk."""
+        ids = self._checked(ids)
+        for s in range(0, len(ids), self.chunk):
+            if s:
+                self.dev.sync()
+            self._run(ids[s:s + self.chunk], head=s + self.chunk >= len(ids))
+        return self._read_staged()
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Append one token; return its logits (vocab,) f32."""
+        self._run(self._checked([token_id]), head=True)
+        return self._read_staged()
+
+    def logits(self, ids) -> np.ndarray:
+        """From an empty cache, the logits of every position (len(ids), vocab) f32."""
+        self.reset()
+        ids = self._checked(ids)
+        out = np.empty((len(ids), self.config.vocab_size), np.float32)
+        rows = self.buf.logit_rows
+        for s in range(0, len(ids), self.chunk):
+            part = ids[s:s + self.chunk]
+            self._run(part, head=False)
+            for r0 in range(0, len(part), rows):
+                r1 = min(len(part), r0 + rows)
+                heads = [op for r in range(r0, r1) for op in self._row_head(r, r - r0)]
+                ops.submit(self.dev, heads)  # each row through the same path as decode's head
+                out[s + r0:s + r1] = self.dev.read(self.buf.logits, np.float32, (r1 - r0, self.config.vocab_size))
+        return out
+
+    def _row_head(self, row: int, out_row: int) -> list[Op]:
+        key = (row, out_row)
+        if key not in self._row_heads:
+            self._row_heads[key] = self.head(row, out_row)
+        return self._row_heads[key]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 GROUP_SIZES = (32, 64, 128)
-DEFAULT_GROUP_SIZE = 32
+from .defaults import DEFAULT_GROUP_SIZE  # noqa: E402  (re-exported)
 
 
 @dataclass

@@ -1,15 +1,17 @@
 // RMSNorm over rows: out = x / sqrt(mean(x²) + eps) · w, as Hugging Face's LlamaRMSNorm (f32).
 //
-// Prepended: const WG (threads), const Q8OUT (write int8 blocks for the Q8 GEMV instead of f32),
-// const SUBGROUPS (sum by subgroupAdd and one barrier instead of a tree).
+// Overrides: WG (invocations). Flags: Q8OUT (write int8 blocks for the Q8 GEMV instead of f32;
+// see q8_common.wgsl), SUBGROUPS (reduce.wgsl).
 // Bindings (group 0):
-//   0 uniform  P: M, D (a multiple of 32), eps (f32 bits), row0 (first row of x to normalise)
-//   1 storage  x    array<vec4<f32>>  (row0 + M, D/4)
-//   2 storage  w    array<vec4<f32>>  (D/4)
-//   3 storage  out  array<vec4<f32>>  (M, D/4)              when !Q8OUT (rows from 0)
-//   3 storage  xq   array<vec4<u32>>  (M, D/16)  4 storage xd array<vec2<f32>> (M, D/32)  when Q8OUT
-// One workgroup per row: a strided sum of squares, a tree reduction in workgroup memory, then
-// each invocation normalises whole blocks of 32 (so that it can quantize them).
+//   P    uniform  M, D (a multiple of 32), eps (f32), row0 (first row of x to normalise)
+//   x    read     array<vec4<f32>>  (row0 + M, D/4)
+//   w    read     array<vec4<f32>>  (D/4)
+//   out  rw       array<vec4<f32>>  (M, D/4)               when !Q8OUT (rows from 0)
+//   xq   rw       array<vec4<u32>>  (M, D/16), xd rw array<vec2<f32>> (M, D/32)   when Q8OUT
+// One workgroup per row: a strided sum of squares, a workgroup reduction, then each invocation
+// normalises whole blocks of 32 (so that it can quantize them).
+
+override WG: u32 = 128u;
 
 struct Params { M: u32, D: u32, eps: f32, row0: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
@@ -22,8 +24,7 @@ struct Params { M: u32, D: u32, eps: f32, row0: u32 }
 //#else
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 //#endif
-
-var<workgroup> red: array<f32, WG>;
+//#include reduce
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
@@ -31,6 +32,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         @builtin(subgroup_size) sgs: u32,
 //#endif
         ) {
+//#if !SUBGROUPS
+    let sgs = 1u;
+//#endif
     let row = wid.x;
     let d4 = P.D / 4u;
     let base = (P.row0 + row) * d4;
@@ -39,22 +43,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let v = x[base + i];
         ss += dot(v, v);
     }
-//#if SUBGROUPS
-    let part = subgroupAdd(ss);
-    if (lid % sgs == 0u) { red[lid / sgs] = part; }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < WG / sgs; i++) { total += red[i]; }
-//#else
-    red[lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s /= 2u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-//#endif
-    let r = inverseSqrt(total / f32(P.D) + P.eps);
+    let r = inverseSqrt(wg_sum(ss, lid, sgs) / f32(P.D) + P.eps);
     for (var b = lid; b < P.D / 32u; b += WG) {
         let i = base + b * 8u;
         let j = b * 8u;

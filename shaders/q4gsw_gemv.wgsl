@@ -1,48 +1,49 @@
 // q4gsw GEMV for decode: y(N) = x(K) · W(N, K)ᵀ, W in q4gsw (see llmgpu/quant.py).
 //
-// Prepended by llmgpu.gpu.Device.pipeline:
-//   alias act_t    f16 | f32   activations in and out
-//   alias scale_t  f16 | f32   group scales
-//   const WG       workgroup size (threads)
-//   const TPR      threads that cooperate on one row group (power of two, divides WG)
-//   const R        rows per row group: each activation load serves R rows
-//   const GS       group size (32, 64, 128)
-//   const HAS_OFFSETS  add o_g · Σ_{k in g} x_k (imported asymmetric checkpoints)
-//   const SUBGROUPS    reduce with subgroup operations (else workgroup memory only);
-//                      //#if SUBGROUPS blocks are dropped before compiling when false
-//   const RESIDUAL     y = residual + x·Wᵀ (residual read from y itself before writing)
-//   const HAS_BIAS     y += bias (binding 7)
-//   const SILU         the weight is a fused gate/up projection, rows interleaved in blocks of
-//                      32 (gate rows j..j+31, then up rows j..j+31): each workgroup computes one
-//                      such pair of blocks (ROWS_PER_WG = 64) and writes silu(gate)·up as one
-//                      int8 block (bindings 5: yq array<vec4<u32>>, 8: yd array<vec2<f32>>),
-//                      the down projection's input, instead of y
-//   const W8           the weight is int8 (quant.Q8Tensor: 2 × vec4<u32> per 32 values, scales
-//                      per 32) instead of q4gsw — the lm_head's format
-//   const Q8           activations arrive quantized to int8 per 32 (quantize_q8.wgsl), and
-//                      the dot products run on packed 4×8-bit integer dot instructions:
-//                      about 1.6 ALU operations per weight byte instead of 7
+// Types: act_t (activations in and out), scale_t (group scales): f16 | f32.
+// Overrides (declared below): WG, TPR, R, GS, RESIDUAL.
+// Flags (//#if: each changes which bindings exist or their types):
+//   SUBGROUPS    reduce with subgroup operations (else workgroup memory only)
+//   HAS_OFFSETS  add o_g · Σ_{k in g} x_k (imported asymmetric checkpoints; binding off)
+//   HAS_BIAS     y += bias (binding bias)
+//   SILU         the weight is a fused gate/up projection, rows interleaved in blocks of
+//                32 (gate rows j..j+31, then up rows j..j+31): each workgroup computes one
+//                such pair of blocks (ROWS_PER_WG = 64) and writes silu(gate)·up as one
+//                int8 block (bindings yq array<vec4<u32>>, yd array<vec2<f32>>), the down
+//                projection's input, instead of y
+//   W8           the weight is int8 (quant.Q8Tensor: 2 × vec4<u32> per 32 values, scales
+//                per 32) instead of q4gsw — the lm_head's format
+//   Q8           activations arrive quantized to int8 per 32 (quantize_q8.wgsl), and the
+//                dot products run on packed 4×8-bit integer dot instructions: about 1.6 ALU
+//                operations per weight byte instead of 7
 //
 // Bindings (group 0):
-//   0 uniform  P: N, K
-//   1 storage  x   array<vec4<act_t>>  (K/4)          activations
-//                  or, when Q8, array<vec4<u32>> (K/16): int8 x, per 8 values the even
-//                  elements' bytes then the odd elements' (matching the nibble masks)
-//   6 storage  xd  array<vec2<f32>>    (K/32)          when Q8: (scale d, 8·Σ x_q) per 32
-//   7 storage  bias array<f32>         (N)             when HAS_BIAS
-//   2 storage  w   array<vec4<u32>>    (N, K/32)       packed weights: 32 values per load
-//   3 storage  sc  array<scale_t>      (N, K/GS)       scales
-//   4 storage  off array<f32>          (N, K/GS)       offsets (a dummy when !HAS_OFFSETS)
-//   5 storage  y   array<act_t>        (N)             output
+//   P    uniform  N, K
+//   x    read     array<vec4<act_t>>  (K/4)          activations
+//                 or, when Q8, array<vec4<u32>> (K/16): int8 x, per 8 values the even
+//                 elements' bytes then the odd elements' (matching the nibble masks)
+//   xd   read     array<vec2<f32>>    (K/32)         when Q8: (scale d, 8·Σ x_q) per 32
+//   w    read     array<vec4<u32>>    (N, K/32)      packed weights: 32 values per load
+//   sc   read     array<scale_t>      (N, K/GS)      scales
+//   off  read     array<f32>          (N, K/GS)      offsets, when HAS_OFFSETS
+//   bias read     array<f32>          (N)            when HAS_BIAS
+//   y    rw       array<act_t>        (N)            output (yq, yd when SILU)
 //
 // One workgroup computes (WG / TPR) · R consecutive rows. Within a row group, TPR threads
 // stride over K one vec4<u32> (32 weights, 16 bytes) at a time, so every weight byte is read
 // once with a 16-byte load; the 32 activations of a chunk are loaded once for the R rows.
 // Partial sums are reduced with subgroupAdd / subgroupShuffleXor (assumes subgroups are
 // consecutive invocations of the workgroup) or in workgroup memory.
-// llmgpu.kernels generates the //@ lines unrolled over the R rows and the 8 activation
+// llmgpu/ops/codegen.py generates the //@ lines unrolled over the R rows and the 8 activation
 // vectors, so that accumulators and activations are named registers, never indexed arrays
-// (which a compiler may place in local memory: that cost 3x here).
+// (which a compiler may place in local memory: that cost 3x on NVIDIA). `llmgpu generate
+// --dump-wgsl DIR` writes the expanded source of every compiled kernel.
+
+override WG: u32 = 256u;
+override TPR: u32 = 32u;      // threads per row group (a power of two dividing WG)
+override R: u32 = 1u;         // rows per row group: each activation load serves R rows
+override GS: u32 = 32u;       // group size: 32, 64 or 128
+override RESIDUAL: bool = false;   // y = y + x·Wᵀ
 
 struct Params { N: u32, K: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
@@ -54,7 +55,9 @@ struct Params { N: u32, K: u32, _a: u32, _b: u32 }
 //#endif
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> sc: array<scale_t>;
+//#if HAS_OFFSETS
 @group(0) @binding(4) var<storage, read> off: array<f32>;
+//#endif
 //#if SILU
 @group(0) @binding(5) var<storage, read_write> yq: array<vec4<u32>>;
 @group(0) @binding(8) var<storage, read_write> yd: array<vec2<f32>>;
@@ -68,7 +71,7 @@ var<workgroup> av: array<vec4<f32>, 8>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 //#endif
 
-const ROWS_PER_WG: u32 = (WG / TPR) * R;
+override ROWS_PER_WG: u32 = (WG / TPR) * R;
 var<workgroup> red: array<f32, WG * R>;
 
 // Dequantization without int→float conversions (a quarter-rate instruction on NVIDIA):

@@ -1,14 +1,16 @@
 // Activations to int8, per block of 32 along K, for the Q8 GEMV (q4gsw_gemv.wgsl, Q8).
 //
-// Prepended: alias act_t (f16 | f32); const WG.
+// Types: act_t (f16 | f32). Overrides: WG.
 // Bindings (group 0):
-//   0 uniform  P: M, K
-//   1 storage  x   array<vec4<act_t>>  (M, K/4)
-//   2 storage  xq  array<vec4<u32>>    (M, K/16)  for every 8 values: the bytes of elements
+//   P   uniform  M, K
+//   x   read     array<vec4<act_t>>  (M, K/4)
+//   xq  rw       array<vec4<u32>>    (M, K/16)  for every 8 values: the bytes of elements
 //                                                 0,2,4,6 then of 1,3,5,7 (the GEMV's nibble
 //                                                 masks take even and odd elements apart)
-//   3 storage  xd  array<vec2<f32>>    (M, K/32)  (d, 8·Σ q) with x ≈ d·q, d = max|x| / 127
+//   xd  rw       array<vec2<f32>>    (M, K/32)  (d, 8·Σ q) with x ≈ d·q, d = max|x| / 127
 // One invocation per block of 32 values; q = round(x · 127 / max|x|), in [-127, 127].
+
+override WG: u32 = 64u;
 
 struct Params { M: u32, K: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> P: Params;

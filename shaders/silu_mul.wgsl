@@ -1,13 +1,15 @@
 // SwiGLU's middle: out = silu(gate) · up, from the fused gate/up projection's output.
 //
-// Prepended: const WG, const Q8OUT (int8 blocks for the Q8 GEMV instead of f32).
+// Overrides: WG. Flag: Q8OUT (int8 blocks for the Q8 GEMV instead of f32; q8_common.wgsl).
 // Bindings (group 0):
-//   0 uniform  P: M, F (intermediate size, a multiple of 32)
-//   1 storage  gu   array<vec4<f32>>  (M, 2F/4)   row m: per block of 32 outputs, 32 gate values
-//                                                 then 32 up values (the fused weight's row order)
-//   2 storage  out  array<vec4<f32>>  (M, F/4)    when !Q8OUT
-//   2 storage  xq   array<vec4<u32>>  (M, F/16)   3 storage xd array<vec2<f32>> (M, F/32)  when Q8OUT
+//   P    uniform  M, F (intermediate size, a multiple of 32)
+//   gu   read     array<vec4<f32>>  (M, 2F/4)   row m: per block of 32 outputs, 32 gate values
+//                                               then 32 up values (the fused weight's row order)
+//   out  rw       array<vec4<f32>>  (M, F/4)    when !Q8OUT
+//   xq   rw       array<vec4<u32>>  (M, F/16), xd rw array<vec2<f32>> (M, F/32)   when Q8OUT
 // One invocation per block of 32 outputs.
+
+override WG: u32 = 64u;
 
 struct Params { M: u32, F: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> P: Params;

@@ -1,9 +1,11 @@
 // Streaming-read roofline: every invocation reads vec4<u32> words grid-stride over `src`
 // and writes one word, so the time is that of reading the buffer once.
-//   const WG    workgroup size
+//   override WG    workgroup size
 //   0 uniform  P: n (vec4 words in src), stride (total invocations)
 //   1 storage  src array<vec4<u32>>  (n)
 //   2 storage  dst array<u32>        (stride)   xor of what each invocation read
+override WG: u32 = 256u;
+
 struct Params { n: u32, stride: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> src: array<vec4<u32>>;

@@ -71,7 +71,7 @@ class FakeModel:
         self._k = 0
 
     @classmethod
-    def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True):
+    def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True, dump_wgsl=None):
         cls.loads.append(dict(source=source, group_size=group_size, max_seq=max_seq, adapter=adapter,
                               progress=progress))
         if source not in (None, "fake", "fake-no-template", "fake-flat"):
@@ -92,6 +92,10 @@ class FakeModel:
     @property
     def pos(self) -> int:
         return len(self.ids)
+
+    @property
+    def cached_ids(self) -> list[int]:
+        return list(self.ids)
 
     def _logits_at(self, n: int) -> np.ndarray:
         """Logits (vocab,) f32 after the first n cached ids."""

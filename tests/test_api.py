@@ -161,8 +161,11 @@ def test_chat_reset_and_interleaved_generate(rng):
     assert a == fresh_answer(m, before + [{"role": "user", "content": "again"}], 8)
     chat.reset()
     assert chat.messages == []
-    chat.send("Hello")
-    assert chat.last_stats.cached_tokens == 0 and len(chat.messages) == 2
+    b = chat.send("Hello")
+    # the cache still holds the first turn's prompt: reused, and the answer is the fresh one
+    hello = rendered_ids(m.ckpt, [{"role": "user", "content": "Hello"}])
+    assert chat.last_stats.cached_tokens == len(hello) - 1 and len(chat.messages) == 2
+    assert b == fresh_answer(m, [{"role": "user", "content": "Hello"}], 8)
 
 
 def test_chat_closed_early_keeps_partial_answer():

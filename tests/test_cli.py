@@ -117,7 +117,10 @@ def test_chat_repl_keeps_the_conversation(monkeypatch, capsys):
     assert m.prefills[1] == len(full) - m.prefills[0] - len(answer)
     again = msgs[:1] + [{"role": "user", "content": "Again"}]
     again = encode_prompt(ck.tokenizer, render_chat(ck.chat_template, again))
-    assert m.prefills[2] == len(again)  # after /reset: a one-turn conversation, prefilled from scratch
+    # after /reset: a one-turn conversation; only the system prompt it shares with the cache is reused
+    held = full + answer
+    common = next(i for i, (x, y) in enumerate(zip(held, again)) if x != y)
+    assert 0 < common < len(again) and m.prefills[2] == len(again) - common
     assert sum("t/s" in line for line in err.splitlines()) == 3
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from llmgpu import fastpath
-from llmgpu.kernels import Q4Linear, linear, submit
+from llmgpu.ops import Q4Linear, linear, submit
 from llmgpu.quant import random_q4
 
 
@@ -30,3 +30,24 @@ def test_same_results_both_routes(dev, rng):
         outs.append(dev.read(y, dev.act_dtype, (3, 300)))
     assert not np.isnan(outs[0]).any()
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_model_runs_with_the_c_route_off(monkeypatch):
+    """The public wgpu-py route alone (fastpath.AVAILABLE False) runs a model to the same logits."""
+    from llmgpu.bench import random_checkpoint
+    from llmgpu.model import Model
+
+    from .conftest import get_device
+    ckpt = random_checkpoint("tiny")
+    ids = [5, 17, 3, 99, 4]
+
+    def run():
+        m = Model(ckpt, dev=get_device(), max_seq=32, chunk=4)
+        out = [m.prefill(ids[:3])] + [m.decode(t) for t in ids[3:]]
+        return np.stack(out + [m.logits(ids)[-1]])
+    fast = run()
+    monkeypatch.setattr(fastpath, "AVAILABLE", False)
+    assert fastpath.compile_ops([]) is None
+    slow = run()
+    assert np.isfinite(fast).all()
+    np.testing.assert_array_equal(fast, slow)

@@ -193,3 +193,16 @@ def test_summary_line():
     line = s.summary("GPU X")
     assert "\n" not in line
     assert line == "GPU X | prompt 30 tokens (10 cached), 40.0 t/s | generated 11 tokens, 5.0 t/s"
+
+
+def test_a_fully_cached_prompt_still_prefills_its_last_token(rng):
+    """Asking again with the same prompt: every prompt id is cached, but the last one is prefilled
+    again (its logits start generation), and the answer is the same."""
+    m = FakeModel(seed=int(rng.integers(1000)))
+    prompt = random_prompt(rng, m, 12)
+    first = list(generate_step(m, prompt, GREEDY, 6))
+    m.prefills.clear()
+    again = list(generate_step(m, prompt, GREEDY, 6, cached=len(prompt)))
+    assert m.prefills == [1] and again == first
+    m.prefills.clear()
+    assert list(generate_step(m, prompt, GREEDY, 6, cached=10**6)) == first and m.prefills == [1]

@@ -44,10 +44,12 @@ def test_pipelines_compiled_once_per_key():
 
 def test_preprocess():
     src = "a\n//#if X\nb\n//#else\nc\n//#endif\n//#if !X\nd\n//#endif\ne"
-    assert preprocess(src, {"X": True}) == "a\nb\ne"
-    assert preprocess(src, {"X": False}) == "a\nc\nd\ne"
+    assert preprocess(src, {"X": True}) == ("a\nb\ne", {"X"})
+    assert preprocess(src, {"X": False}) == ("a\nc\nd\ne", {"X"})
     with pytest.raises(ValueError, match="unbalanced"):
         preprocess("//#if X\n", {"X": True})
+    with pytest.raises(GpuError, match="flag Y"):
+        preprocess("//#if Y\n//#endif\n", {"X": True})
 
 
 def test_workgroup_size_checked_against_the_limit():

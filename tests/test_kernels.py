@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from llmgpu.gpu import Device, GpuError
-from llmgpu.kernels import Q4Linear, linear, run_linear, submit
+from llmgpu.ops import Q4Linear, linear, run_linear, submit
 from llmgpu.quant import dequantize, random_q4
 
 # Error bounds, normwise: ‖y − ref‖ / ‖ |x|·|W|ᵀ ‖, the scale a dot product's rounding error
@@ -116,8 +116,8 @@ def test_f32_activations_on_any_device(dev, rng):
         x = rng.standard_normal((M, 512)).astype(np.float32)
         xb = dev.buffer(x)
         yb = dev.buffer(np.full((M, 70), np.nan, np.float32))
-        submit(dev, linear(dev, lin, xb, yb, M, config={"ACT": "f32", **(
-            dict(WG=64, TPR=32, R=2) if M == 1 else dict(BM=32, BN=32, TM=4, TN=4))}))
+        submit(dev, linear(dev, lin, xb, yb, M, act="f32", config=(
+            dict(WG=64, TPR=32, R=2) if M == 1 else dict(BM=32, BN=32, TM=4, TN=4))))
         y = dev.read(yb, np.float32, (M, 70))
         ref = x.astype(np.float64) @ dequantize(t).astype(np.float64).T
         assert rel_err(y, ref, x, t) < 1e-5
@@ -191,7 +191,7 @@ def read_q8(dev, q, K):
                                     dict(WG=256, TPR=16, R=4)])  # the defaults on CPU and GPUs
 def test_fused_silu_epilogue(dev, rng, config):
     """Gate/up GEMV with rows interleaved per 32 writes silu(gate)·up as int8 blocks."""
-    from llmgpu.kernels import q8_act
+    from llmgpu.ops import q8_act
     from llmgpu.model import _interleave32
     from llmgpu.quant import q8_activations
     F, K = 96, 256

@@ -238,6 +238,7 @@ def unpermute_reference(w, n_head):
 
 @pytest.mark.parametrize("arch,cls_name,kw", [("llama", "LlamaConfig", {}),
                                               ("llama", "LlamaConfig", {"tie_word_embeddings": True}),
+                                              ("llama", "LlamaConfig", {"attention_bias": True}),  # q/k biases permuted too
                                               ("qwen2", "Qwen2Config", {}),
                                               ("qwen3", "Qwen3Config", {"tie_word_embeddings": True})])
 def test_gguf_round_trip_undoes_llama_cpp_permutation(tmp_path, rng, tok, arch, cls_name, kw):
@@ -254,7 +255,8 @@ def test_gguf_round_trip_undoes_llama_cpp_permutation(tmp_path, rng, tok, arch, 
     write_gguf(path, arch, sd, cfg, tok, qtypes)
     ckpt = load_checkpoint(path)
     assert ckpt.config.model_type == arch and ckpt.config.tie_word_embeddings == tied
-    assert ckpt.config.attention_bias == (arch == "qwen2") and ckpt.config.qk_norm == (arch == "qwen3")
+    assert ckpt.config.attention_bias == (arch == "qwen2" or kw.get("attention_bias", False))
+    assert ckpt.config.qk_norm == (arch == "qwen3")
     reader = gguf.GGUFReader(path)
     raw = {t.name: t for t in reader.tensors}
     for name, ref in sd.items():

@@ -127,7 +127,7 @@ def test_fallback_device_path(tmp_path, rng):
     ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 11)]
     ref = reference_logits(ckpt, hf_cfg, ids)
     m = Model(ckpt, dev=get_device(f16=False, subgroups=False), max_seq=32, chunk=4, q8=False)
-    assert m.cache_t == "f32"
+    assert m.dev.act_type == "f32"
     assert rel(m.logits(ids), ref) < 1e-4
 
 

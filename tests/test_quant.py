@@ -65,3 +65,18 @@ def test_q4_1_import_is_exact_with_offsets(rng):
     t = from_gguf_q4_1(raw, N, K)
     assert t.offsets is not None and t.offsets.dtype == np.float32
     np.testing.assert_allclose(dequantize(t), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_int8_weights_keep_the_largest_value(rng):
+    """quantize_q8: scale = max|w| / 127 per 32, so the largest value of each block is exact (up to
+    the f16 scale) and nothing is clipped; a max/128 scale would clip it to 127/128 of itself."""
+    from llmgpu.quant import quantize_q8
+    w = rng.standard_normal((9, 96)).astype(np.float32) * rng.uniform(0.1, 10)
+    t, err = quantize_q8(w)
+    wd = dequantize(t).reshape(9, 3, 32)
+    g = w.reshape(9, 3, 32)
+    i = np.abs(g).argmax(axis=2)[..., None]
+    big, got = np.take_along_axis(g, i, 2), np.take_along_axis(wd, i, 2)
+    np.testing.assert_allclose(got, big, rtol=2e-3)  # f16 scale: 2^-11 relative
+    np.testing.assert_allclose(t.scales.astype(np.float32), (np.abs(g).max(2) / 127).astype(np.float16), rtol=0)
+    assert err < 0.01

@@ -1,0 +1,20 @@
+"""Kernel ops: one Python function per WGSL entry point, each beside a NumPy reference in
+tests/reference.py and tested against it (tests/test_ops.py, tests/test_kernels.py).
+
+An op takes named GPU buffers and the shape they hold, checks the buffers, and returns a
+recorded `Op` (or one per weight slice for the linears); the model strings ops together and
+records them into command buffers. Bindings are matched by the names the shaders declare.
+
+    layer.py    rmsnorm, embed, rope_kv, attention_decode, attention_prefill, silu_mul, quantize_q8
+    linear.py   Q4Linear (a q4gsw weight on the GPU), gemv (decode), gemm (prefill)
+    codegen.py  the only generated WGSL: the GEMV's and GEMM's unrolled inner loops
+    core.py     Op, encode, submit, buffer checks
+"""
+from .core import Op, encode, submit
+from .layer import (EmbeddingTable, Heads, Q8Act, attention_decode, attention_prefill, embed, q8_act,
+                    quantize_q8, rmsnorm, rope_kv, silu_mul)
+from .linear import Q4Linear, gemm, gemm_config, gemv, gemv_config, linear, run_linear, silu_gemv_config
+
+__all__ = ["Op", "encode", "submit", "EmbeddingTable", "Heads", "Q8Act", "attention_decode", "attention_prefill",
+           "embed", "q8_act", "quantize_q8", "rmsnorm", "rope_kv", "silu_mul", "Q4Linear", "gemm", "gemm_config",
+           "gemv", "gemv_config", "linear", "run_linear", "silu_gemv_config"]

@@ -1,0 +1,105 @@
+"""The only generated WGSL: the GEMV's and GEMM's unrolled inner loops.
+
+Why generate at all: accumulators and prefetch registers must be *named* variables. The same
+loops over an indexed array (`var acc: array<f32, R>`) were measured 3× slower on NVIDIA,
+whose compiler placed the array in local memory. Everything else in the shaders is plain
+WGSL with `override` constants. Each function returns {placeholder: code}; the shader has a
+line `//@NAME` where the code goes (q4gsw_gemv.wgsl, q4gsw_gemm.wgsl). `llmgpu generate
+--dump-wgsl DIR` writes the expanded sources, and tests/test_ops.py checks them.
+"""
+from __future__ import annotations
+
+
+def gemv_snippets(R: int, q8: bool = False, w8: bool = False, silu: bool = False,
+                  offsets: bool = False) -> dict:
+    """q4gsw_gemv.wgsl: R named accumulators and the chunk's activations, for int8 or float
+    activations (q8), q4gsw or int8 weights (w8), per-group offsets, and the outputs (or, with
+    silu, the 64 sums that the SiLU epilogue reads from workgroup memory)."""
+    row = lambda r: f"min(row0 + {r}u, N - 1u)"  # noqa: E731  (clamped: loads stay in bounds)
+    if w8:
+        body = [f"        let q{r} = w[2u * ({row(r)} * nch + c)];\n        let p{r} = w[2u * ({row(r)} * nch + c) + 1u];"
+                for r in range(R)]
+    else:
+        body = [f"        let q{r} = w[{row(r)} * nch + c];" for r in range(R)]
+    body += [f"        let gi{r} = {row(r)} * gpr + g;" for r in range(R)]
+    if w8 and q8:
+        body += ["        let xa = x[2u * c];", "        let xb2 = x[2u * c + 1u];", "        let dx = xd[c];"]
+        body += [f"        acc{r} += f32(sc[gi{r}]) * dx.x * f32(idot32w(q{r}, p{r}, xa, xb2));" for r in range(R)]
+    elif w8:
+        body += [f"        let x{i} = vec4<f32>(x[xb + {i}u]);" for i in range(8)]
+        for r in range(R):
+            body.append(f"        acc{r} += f32(sc[gi{r}]) * ((fdot8w(q{r}.x, q{r}.y, x0, x1) + fdot8w(q{r}.z, q{r}.w, x2, x3))"
+                        f" + (fdot8w(p{r}.x, p{r}.y, x4, x5) + fdot8w(p{r}.z, p{r}.w, x6, x7)));")
+    elif q8:  # int8 activations: integer dot products, one float multiply per row-chunk
+        body += ["        let xa = x[2u * c];", "        let xb2 = x[2u * c + 1u];", "        let dx = xd[c];"]
+        for r in range(R):
+            body.append(f"        acc{r} += f32(sc[gi{r}]) * dx.x * f32(idot32(q{r}, xa, xb2) - i32(dx.y));")
+            if offsets:
+                body.append(f"        acc{r} += off[gi{r}] * dx.x * (dx.y / 8.0);")
+    else:
+        body += [f"        let x{i} = vec4<f32>(x[xb + {i}u]);" for i in range(8)]
+        body += ["        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));",
+                 "        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;"]
+        for r in range(R):
+            body.append(f"        let d{r} = (dot8(q{r}.x, x0, x1) + dot8(q{r}.y, x2, x3)) + "
+                        f"(dot8(q{r}.z, x4, x5) + dot8(q{r}.w, x6, x7));")
+            body.append(f"        acc{r} += f32(sc[gi{r}]) * (16.0 * d{r} - 24.0 * xsum);")
+            if offsets:
+                body.append(f"        acc{r} += off[gi{r}] * xsum;")
+    lines = lambda f: "\n".join(f(r) for r in range(R))  # noqa: E731
+    return {
+        "DECL": lines(lambda r: f"    var acc{r} = 0.0;"),
+        "BODY": "\n".join(body),
+        "SGADD": lines(lambda r: f"            acc{r} = subgroupAdd(acc{r});"),
+        "SGXOR": lines(lambda r: f"                acc{r} += subgroupShuffleXor(acc{r}, o);"),
+        "RED": lines(lambda r: f"    red[{r}u * WG + lid] = acc{r};"),
+        "OUT": "\n".join(_gemv_out(R, silu)),
+    }
+
+
+def _gemv_out(R: int, silu: bool) -> list[str]:
+    """Each row group's lane 0 adds its TPR partial sums: into workgroup memory for the SiLU
+    epilogue, else (+ bias, + residual) into y."""
+    out = []
+    for r in range(R):
+        total = ["            var s = 0.0;",
+                 f"            for (var i = 0u; i < TPR; i += step) {{ s += red[{r}u * WG + lid + i]; }}"]
+        if silu:
+            out += ["        {", *total, f"            ys[rg * R + {r}u] = s;", "        }"]
+        else:
+            out += [f"        if (row0 + {r}u < N) {{", *total,
+                    "//#if HAS_BIAS", f"            s += bias[row0 + {r}u];", "//#endif",
+                    f"            if (RESIDUAL) {{ s += f32(y[row0 + {r}u]); }}",
+                    f"            y[row0 + {r}u] = act_t(s);", "        }"]
+    return out
+
+
+def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
+    """q4gsw_gemm.wgsl: TM×(TN/4) named vec4 accumulators, and the register-prefetch loads and
+    stores of one 32-wide k tile (BM·8/WG activation vec4s and BN·4/WG weight words per
+    invocation)."""
+    WG = (BM // TM) * (BN // TN)
+    na, nw = BM * 8 // WG, BN * 4 // WG
+    if BM * 8 % WG or BN * 4 % WG:
+        raise ValueError(f"GEMM tile {BM}x{BN} with {TM}x{TN} per thread: tiles do not split evenly")
+    decl = [f"    var c{i}_{j} = vec4<f32>(0.0);" for i in range(TM) for j in range(TN // 4)]
+    decl += [f"    var ra{i}: vec4<f32>;" for i in range(na)]
+    decl += [f"    var rw{i}: vec3<u32>;" for i in range(nw)]
+    load = lambda k: [f"        ra{i} = load_a(m0, {k}, lid + {i}u * WG);" for i in range(na)] + \
+        [f"        rw{i} = load_w(n0, {k}, lid + {i}u * WG);" for i in range(nw)]  # noqa: E731
+    tile = [f"        store_a(lid + {i}u * WG, ra{i});" for i in range(na)] + \
+        [f"        store_w(lid + {i}u * WG, rw{i});" for i in range(nw)]
+    mac = [f"            let b{j} = Ws[bb + {j}u * TX];" for j in range(TN // 4)]
+    for i4 in range(TM // 4):
+        mac.append(f"            let a{i4} = As[ab + {i4}u * TY];")
+        for ii, comp in enumerate("xyzw"):
+            i = 4 * i4 + ii
+            mac += [f"            c{i}_{j} = fma(vec4<f32>(a{i4}.{comp}), b{j}, c{i}_{j});" for j in range(TN // 4)]
+    store = []
+    for i in range(TM):
+        m = f"m0 + 4u * (ty + {i // 4}u * TY) + {i % 4}u"
+        for j in range(TN // 4):
+            n = f"n0 + 4u * (tx + {j}u * TX)"
+            store += [f"    put({m}, {n} + {jj}u, c{i}_{j}.{comp});" for jj, comp in enumerate("xyzw")]
+    return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store),
+            "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}

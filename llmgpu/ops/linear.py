@@ -1,0 +1,195 @@
+"""The q4gsw linear y = x · Wᵀ: `Q4Linear` holds a weight on the GPU (split by rows where it
+exceeds the adapter's storage-binding limit); `gemv` records it for one row of activations
+(decode), `gemm` for M rows (prefill). Kernel shapes come from measured sweeps (`llmgpu bench
+kernels --sweep`, BENCHMARKS.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..gpu import Device
+from ..quant import Q4Tensor, Q8Tensor
+from .codegen import gemm_snippets, gemv_snippets
+from .core import Op, esize, make_op, need, submit
+from .layer import Q8Act, q8_act, quantize_q8
+
+
+@dataclass
+class _Slice:
+    n0: int
+    n: int
+    qweight: object  # (n, K/8) u32; int8 weights: (n, K/4) u32
+    scales: object  # (n, K/GS) act_type
+    offsets: object  # (n, K/GS) f32, or None
+    bias: object  # (n,) f32, or None
+
+
+class Q4Linear:
+    """A q4gsw (or int8, quant.Q8Tensor) weight (N, K) on the GPU, split by rows to respect the
+    binding limit; optional per-group offsets and a bias (N,)."""
+
+    def __init__(self, dev: Device, t: Q4Tensor | Q8Tensor, label: str = "linear",
+                 bias: np.ndarray | None = None):
+        self.N, self.K = t.shape
+        self.w8 = isinstance(t, Q8Tensor)  # int8 weights (GEMV only)
+        self.group_size = t.group_size
+        self.has_offsets = t.offsets is not None
+        self.has_bias = bias is not None
+        if bias is not None and np.shape(bias) != (self.N,):
+            raise ValueError(f"{label}: bias of shape {np.shape(bias)} for a weight with {self.N} rows")
+        self.label = label
+        scales = t.scales.astype(dev.act_dtype)
+        self.nbytes = t.qweight.nbytes + scales.nbytes + (t.offsets.nbytes if t.offsets is not None else 0)
+        row_bytes = max(t.qweight[0].nbytes, t.scales[0].size * 4)
+        # Rows per slice: within the binding limit, and a multiple of 256 so that every slice's
+        # output offset stays aligned for any adapter's storage-offset alignment.
+        per = max(256, (dev.max_binding // row_bytes) // 256 * 256)
+        part = lambda a, n0, n1, name: dev.buffer(a[n0:n1], label=f"{label}.{name}[{n0}:{n1}]")  # noqa: E731
+        self.slices = [_Slice(n0, min(self.N, n0 + per) - n0,
+                              part(t.qweight, n0, n0 + per, "qweight"), part(scales, n0, n0 + per, "scales"),
+                              part(t.offsets, n0, n0 + per, "offsets") if t.offsets is not None else None,
+                              part(np.asarray(bias, np.float32), n0, n0 + per, "bias") if bias is not None else None)
+                       for n0 in range(0, self.N, per)]
+
+    def weight_binds(self, s: _Slice) -> dict:
+        binds = {"w": s.qweight, "sc": s.scales}
+        if s.offsets is not None:
+            binds["off"] = s.offsets
+        if s.bias is not None:
+            binds["bias"] = s.bias
+        return binds
+
+    def flags(self) -> dict:
+        return dict(GS=self.group_size, HAS_OFFSETS=self.has_offsets, HAS_BIAS=self.has_bias)
+
+
+def gemv_config(dev: Device, K: int, N: int = 0) -> dict:
+    """Workgroup shape of the GEMV for an (N, K) weight, from `llmgpu bench kernels --sweep`
+    (BENCHMARKS.md): on a GPU, one row per row group with 32 threads for short rows and 64 for
+    rows of 4096 and more; very tall weights (lm_head) 2 rows. On a CPU adapter (lavapipe),
+    16 threads and 4 rows (its subgroups are 8 wide)."""
+    if dev.is_cpu:
+        return dict(WG=128, TPR=16, R=4)
+    if N >= 65536:
+        return dict(WG=128, TPR=32, R=2)
+    if K >= 4096:
+        return dict(WG=128, TPR=64, R=1)
+    return dict(WG=256, TPR=32, R=1)
+
+
+def silu_gemv_config(dev: Device, K: int = 0) -> dict:
+    """A GEMV shape with 64 rows per workgroup, as the fused gate/up + SiLU epilogue needs; by K,
+    from the H100 sweep in BENCHMARKS.md (28672×4096: 21.9 µs, 97 % of the read bandwidth)."""
+    if dev.is_cpu:
+        return dict(WG=128, TPR=16, R=8)
+    if K >= 4096:
+        return dict(WG=512, TPR=64, R=8)
+    if K >= 2048:
+        return dict(WG=256, TPR=32, R=8)
+    return dict(WG=256, TPR=16, R=4)
+
+
+def gemm_config(dev: Device, M: int, N: int = 1 << 30) -> dict:
+    """GEMM tile, from `llmgpu bench kernels --sweep` on an H100 (BENCHMARKS.md): 128×128 with
+    8×4 per thread when that still makes 128+ tiles (21–24 TFLOP/s at M = 512 on Llama-3.1-8B's
+    shapes); 128×64 with 4×8 when fewer (16.5 against 11.5 on 2048-wide outputs at M = 512);
+    64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle."""
+    if M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
+        cfg = dict(BM=128, BN=128, TM=8, TN=4)
+    elif M >= 128:
+        cfg = dict(BM=128, BN=64, TM=4, TN=8)
+    else:
+        cfg = dict(BM=64, BN=64, TM=4, TN=4)
+    return {**cfg, "WG": (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])}
+
+
+def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool = False,
+         config: dict | None = None, act: str | None = None) -> list[Op]:
+    """Record y(N) = x(K) · Wᵀ (+ y when residual), one op per weight slice.
+
+    x: a buffer of `act` (default: the device's act_type) or a Q8Act (int8 activations).
+    y: a buffer of `act` (or (buffer, byte offset, size)); with silu, a Q8Act of N/2 values that
+    receives silu(gate)·up from a gate/up weight interleaved in blocks of 32 rows (one slice)."""
+    act = act or dev.act_type
+    q8 = isinstance(x, Q8Act)
+    if silu and (len(lin.slices) != 1 or lin.N % 64 or not isinstance(y, Q8Act)):
+        raise ValueError("the fused SiLU epilogue needs one weight slice, N % 64 == 0 and an int8 output")
+    cfg = dict(config or (silu_gemv_config(dev, lin.K) if silu else gemv_config(dev, lin.K, lin.N)))
+    rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
+    if silu and rows_per_wg != 64:
+        raise ValueError(f"the fused SiLU epilogue needs 64 rows per workgroup, not {cfg}")
+    pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **lin.flags(), "RESIDUAL": residual, "SILU": silu,
+                                              "Q8": q8, "SUBGROUPS": dev.has_subgroups},
+                        types={"act_t": act, "scale_t": dev.act_type},
+                        snippets=gemv_snippets(cfg["R"], q8, lin.w8, silu, lin.has_offsets))
+    xb = {"x": x.xq, "xd": x.xd} if q8 else {"x": x}
+    need(pipe.name, "x", xb["x"], lin.K if q8 else lin.K * esize(act))
+    ops = []
+    for s in lin.slices:
+        if silu:
+            yb = {"yq": y.xq, "yd": y.xd}
+            need(pipe.name, "y", y.xq, lin.N // 2)
+        else:
+            buf, off = (y[0], y[1]) if isinstance(y, tuple) else (y, 0)
+            yb = {"y": (buf, off + s.n0 * esize(act), max(16, -(-s.n * esize(act) // 4) * 4))}
+            need(pipe.name, "y", y, (s.n0 + s.n) * esize(act))
+        ops.append(make_op(dev, pipe, {**xb, **lin.weight_binds(s), **yb}, dev.grid(-(-s.n // rows_per_wg)),
+                           [s.n, lin.K]))
+    return ops
+
+
+def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
+         config: dict | None = None, act: str | None = None) -> list[Op]:
+    """Record y(rows, N) = x(rows, K) · Wᵀ (+ y when residual), one op per weight slice.
+    x, y: buffers of `act` (default: the device's act_type); y may be (buffer, offset, size)."""
+    act = act or dev.act_type
+    if lin.w8:
+        raise ValueError("int8 weights go through the GEMV only (M == 1)")
+    cfg = dict(config or gemm_config(dev, rows, lin.N))
+    cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
+    pipe = dev.pipeline("q4gsw_gemm", consts={**cfg, **lin.flags(), "RESIDUAL": residual},
+                        types={"act_t": act, "scale_t": dev.act_type},
+                        snippets=gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"]))
+    need(pipe.name, "x", x, rows * lin.K * esize(act))
+    need(pipe.name, "y", y, rows * lin.N * esize(act))
+    grid_m = -(-rows // cfg["BM"])
+    if grid_m > dev.max_groups:
+        raise ValueError(f"M={rows} is too many rows for one GEMM dispatch; prefill in chunks")
+    return [make_op(dev, pipe, {"x": x, **lin.weight_binds(s), "y": y}, (-(-s.n // cfg["BN"]), grid_m, 1),
+                    [rows, s.n, lin.K, lin.N, s.n0]) for s in lin.slices]
+
+
+def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False, config: dict | None = None,
+           force: str | None = None, silu: bool = False, act: str | None = None) -> list[Op]:
+    """y(M, N) = x(M, K) · Wᵀ: the GEMV when M == 1, else the GEMM (`force` = "gemv" / "gemm"
+    overrides, for benchmarks and tests)."""
+    kind = force or ("gemv" if M == 1 else "gemm")
+    if kind == "gemv" and M != 1:
+        raise ValueError("the GEMV computes one row of activations (M == 1)")
+    if kind == "gemv":
+        return gemv(dev, lin, x, y, residual=residual, silu=silu, config=config, act=act)
+    if isinstance(x, Q8Act) or silu:
+        raise ValueError("int8 activations and the SiLU epilogue go through the GEMV only (M == 1)")
+    return gemm(dev, lin, x, y, rows=M, residual=residual, config=config, act=act)
+
+
+def run_linear(dev: Device, lin: Q4Linear, x: np.ndarray, *, residual: np.ndarray | None = None,
+               poison: bool = True, q8: bool = False, **kw) -> tuple[np.ndarray, list[Op]]:
+    """For tests and one-off use: upload x (M, K), run, read y (M, N) back (NaN-poisoned first,
+    so that an element the kernel never writes shows)."""
+    x = np.atleast_2d(np.asarray(x))
+    M, K = x.shape
+    if K != lin.K:
+        raise ValueError(f"x has {K} columns but the weight has K={lin.K}")
+    dt = dev.act_dtype
+    xb = dev.buffer(x.astype(dt), label="x")
+    y0 = residual.astype(dt) if residual is not None else np.full((M, lin.N), np.nan if poison else 0, dt)
+    yb = dev.buffer(y0, label="y")
+    pre = []
+    if q8:
+        xq = q8_act(dev, K, M)
+        pre, xb = [quantize_q8(dev, xb, xq)], xq
+    ops = linear(dev, lin, xb, yb, M, residual=residual is not None, **kw)
+    submit(dev, pre + ops)
+    return dev.read(yb, dt, (M, lin.N)).astype(np.float32), ops
