@@ -116,62 +116,71 @@ def profile_step(model) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
-def run(args) -> int:
+def _bench_model(args, dev):
+    """The model under test: a named shape with random weights, or a checkpoint. -> (model, label)"""
     from .model import Model
     if args.model and args.shape:
         raise ValueError("give --model or --shape, not both")
-    dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
-    ctx = args.ctx or (args.p + args.n + 16)
     if args.shape:
-        ckpt = random_checkpoint(args.shape, args.group_size)
-        label = args.shape
+        ckpt, label = random_checkpoint(args.shape, args.group_size), args.shape
     else:
-        from .loader import load_cached_or_quantize
         from .defaults import default_model_path
-        src = args.model or default_model_path()
-        ckpt = load_cached_or_quantize(src, args.group_size, progress=not args.json)
+        from .loader import load_cached_or_quantize
+        ckpt = load_cached_or_quantize(args.model or default_model_path(), args.group_size, progress=not args.json)
         label = str(args.model or "default (SmolLM2-135M-Instruct)")
-    model = Model(ckpt, dev=dev, max_seq=ctx)
+    model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + 16))
     if args.p + args.n + 1 > model.max_seq:
         raise ValueError(f"-p {args.p} + -n {args.n} exceed the context {model.max_seq}; raise --ctx")
-    rng = np.random.default_rng()
+    return model, label
+
+
+def _pp(model, p: int, rng) -> float:
+    """Tokens/s of one prefill of p random tokens from an empty cache."""
+    model.reset()
+    ids = rng.integers(0, model.config.vocab_size, p).tolist()
+    t0 = time.perf_counter()
+    model.prefill(ids)
+    return p / (time.perf_counter() - t0)
+
+
+def _tg(model, n: int, rng) -> float:
+    """Tokens/s of n decode steps after a one-token prompt (each reads its logits back)."""
     V = model.config.vocab_size
-    from .bench_kernels import stream_bandwidth
-    bw = stream_bandwidth(dev, args.stream_bytes)
+    model.reset()
+    model.prefill([int(rng.integers(V))])
+    t0 = time.perf_counter()
+    for _ in range(n):
+        model.decode(int(rng.integers(V)))
+    return n / (time.perf_counter() - t0)
 
-    def pp():
-        model.reset()
-        ids = rng.integers(0, V, args.p).tolist()
-        t0 = time.perf_counter()
-        model.prefill(ids)
-        return args.p / (time.perf_counter() - t0)
 
-    def tg():
-        model.reset()
-        model.prefill([int(rng.integers(V))])
-        t0 = time.perf_counter()
-        for _ in range(args.n):
-            model.decode(int(rng.integers(V)))
-        return args.n / (time.perf_counter() - t0)
-
+def measure(model, args, bw: float) -> list[dict]:
+    """The pp and tg rows: mean ± sd over args.r repetitions after a warm-up."""
+    rng = np.random.default_rng()
     rows = []
     if args.p > 0:
-        pp()
-        r = [pp() for _ in range(args.r)]
-        rows.append(dict(test=f"pp{args.p}", tps=_mean_sd(r)[0], sd=_mean_sd(r)[1]))
+        _pp(model, args.p, rng)
+        mean, sd = _mean_sd([_pp(model, args.p, rng) for _ in range(args.r)])
+        rows.append(dict(test=f"pp{args.p}", tps=mean, sd=sd))
     if args.n > 0:
-        model.reset()
-        model.prefill([1])
-        for _ in range(4):
-            model.decode(1)
-        r = [tg() for _ in range(args.r)]
-        mean, sd = _mean_sd(r)
+        _tg(model, 4, rng)
+        mean, sd = _mean_sd([_tg(model, args.n, rng) for _ in range(args.r)])
         wbytes = decode_bytes(model) + kv_bytes(model, 1 + args.n // 2)
         rows.append(dict(test=f"tg{args.n}", tps=mean, sd=sd, bytes_per_token=wbytes,
                          gbs=wbytes * mean / 1e9, roofline_pct=100 * wbytes * mean / bw,
                          encode_ms=encode_seconds(model) * 1e3, dispatches=len(model.step_ops(1, True))))
+    return rows
+
+
+def run(args) -> int:
+    dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
+    model, label = _bench_model(args, dev)
+    from .bench_kernels import stream_bandwidth
+    bw = stream_bandwidth(dev, args.stream_bytes)
+    rows = measure(model, args, bw)
     result = dict(model=label, adapter=dev.name, group_size=args.group_size, stream_read_gbs=bw / 1e9,
                   date=time.strftime("%Y-%m-%d"), repetitions=args.r, rows=rows)
+    prof = None
     if args.profile:
         prof = profile_step(model)
         result["profile"] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in prof]
@@ -180,29 +189,37 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
     elif args.csv:
-        out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
-                                             "roofline_pct", "encode_ms", "dispatches"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({"model": label, "adapter": dev.name, **r})
-        print(out.getvalue(), end="")
+        _print_csv(rows, label, dev.name)
     else:
-        print(f"adapter: {dev.name}   streaming read: {bw / 1e9:.1f} GB/s   q4gsw group {args.group_size}")
-        print(f"| {'model':<28} | {'test':>6} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
-              f"| {'enc ms/tok':>10} | {'disp/tok':>8} |")
-        print(f"|{'-' * 30}|{'-' * 8}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
-        for r in rows:
-            extra = (f"{r['bytes_per_token'] / 1e6:>8.1f} | {r['gbs']:>7.1f} | {r['roofline_pct']:>5.1f}% | "
-                     f"{r['encode_ms']:>10.2f} | {r['dispatches']:>8}" if "gbs" in r else
-                     f"{'':>8} | {'':>7} | {'':>6} | {'':>10} | {'':>8}")
-            print(f"| {label[:28]:<28} | {r['test']:>6} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
-        if args.profile:
-            total = sum(s for _, s, _ in prof)
-            print(f"\nGPU time of one decode step by kernel (timestamp queries), total {total * 1e6:.0f} us:")
-            for k, s, c in prof[:12]:
-                print(f"  {k:<24} {c:>4}×  {s * 1e6:>9.1f} us  {100 * s / total:5.1f}%")
+        _print_table(rows, label, dev.name, bw, args.group_size, prof)
     return 0
+
+
+def _print_csv(rows, label, adapter) -> None:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
+                                         "roofline_pct", "encode_ms", "dispatches"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({"model": label, "adapter": adapter, **r})
+    print(out.getvalue(), end="")
+
+
+def _print_table(rows, label, adapter, bw, group_size, prof) -> None:
+    print(f"adapter: {adapter}   streaming read: {bw / 1e9:.1f} GB/s   q4gsw group {group_size}")
+    print(f"| {'model':<28} | {'test':>6} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
+          f"| {'enc ms/tok':>10} | {'disp/tok':>8} |")
+    print(f"|{'-' * 30}|{'-' * 8}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
+    for r in rows:
+        extra = (f"{r['bytes_per_token'] / 1e6:>8.1f} | {r['gbs']:>7.1f} | {r['roofline_pct']:>5.1f}% | "
+                 f"{r['encode_ms']:>10.2f} | {r['dispatches']:>8}" if "gbs" in r else
+                 f"{'':>8} | {'':>7} | {'':>6} | {'':>10} | {'':>8}")
+        print(f"| {label[:28]:<28} | {r['test']:>6} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
+    if prof:
+        total = sum(s for _, s, _ in prof)
+        print(f"\nGPU time of one decode step by kernel (timestamp queries), total {total * 1e6:.0f} us:")
+        for k, s, c in prof[:12]:
+            print(f"  {k:<24} {c:>4}×  {s * 1e6:>9.1f} us  {100 * s / total:5.1f}%")
 
 
 def _plot(prof, path, label) -> None:

@@ -64,6 +64,25 @@ def time_ops(dev: Device, op_sets: list[list[Op]], reps: int, trials: int = 5) -
     return diff if diff > 0.25 * whole else whole
 
 
+def _bench_gemm(dev, lins, M, cfgs, reps, rng, log) -> dict:
+    """The best GEMM time of the configurations at M rows (x, y of the device's act_type)."""
+    N, K = lins[0].N, lins[0].K
+    dt = dev.act_dtype
+    xm = dev.buffer(rng.standard_normal((M, K)).astype(dt), label="xM")
+    ym = dev.buffer(size=M * N * np.dtype(dt).itemsize, label="yM")
+    best: dict = {}
+    for cfg in cfgs:
+        if cfg and 4 * 32 * (cfg["BM"] + cfg["BN"]) > dev.max_workgroup_storage:
+            continue
+        t = time_ops(dev, [linear(dev, lin, xm, ym, M, config=cfg) for lin in lins[:2]], max(2, reps // 20))
+        if log:
+            log(f"gemm {M}x{N}x{K} {cfg}: {2 * M * N * K / t / 1e12:.2f} TFLOP/s")
+        if "gemm_ms" not in best or t * 1e3 < best["gemm_ms"]:
+            best = dict(M=M, gemm_ms=t * 1e3, gemm_tflops=2 * M * N * K / t / 1e12,
+                        gemm_config=cfg or gemm_config(dev, M, N))
+    return best
+
+
 def stream_bandwidth(dev: Device, nbytes: int = 1 << 30, reps: int = 20) -> float:
     """Bytes/s of a plain WGSL streaming read of one large buffer."""
     nbytes = min(nbytes, dev.max_binding, dev.max_buffer) // 16 * 16
@@ -118,18 +137,7 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
         if "gemv_us" not in row or t * 1e6 < row["gemv_us"]:
             row.update(gemv_us=t * 1e6, gemv_gbs=wbytes / t / 1e9, gemv_config=label)
     if gemm_cfgs:
-        xm = dev.buffer(rng.standard_normal((M, K)).astype(dt), label="xM")
-        ym = dev.buffer(size=M * N * np.dtype(dt).itemsize, label="yM")
-        for cfg in gemm_cfgs:
-            if cfg and 4 * 32 * (cfg["BM"] + cfg["BN"]) > dev.max_workgroup_storage:
-                continue
-            t = time_ops(dev, [linear(dev, lin, xm, ym, M, config=cfg) for lin in lins[:2]],
-                         max(2, reps // 20))
-            if log:
-                log(f"gemm {M}x{N}x{K} {cfg}: {2 * M * N * K / t / 1e12:.2f} TFLOP/s")
-            if "gemm_ms" not in row or t * 1e3 < row["gemm_ms"]:
-                row.update(M=M, gemm_ms=t * 1e3, gemm_tflops=2 * M * N * K / t / 1e12,
-                           gemm_config=cfg or gemm_config(dev, M, N))
+        row.update(_bench_gemm(dev, lins, M, gemm_cfgs, reps, rng, log))
     for lin in lins:
         for sl in lin.slices:
             for b in (sl.qweight, sl.scales, sl.offsets):
