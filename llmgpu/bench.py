@@ -22,13 +22,14 @@ import time
 import numpy as np
 
 from .config import ModelConfig
+from .defaults import DEFAULT_GROUP_SIZE
 from .gpu import Device
 from .loader import Checkpoint
 from .quant import random_q4
 from .shapes import get_shape
 
 
-def random_checkpoint(name: str, group_size: int = 32, rng=None) -> Checkpoint:
+def random_checkpoint(name: str, group_size: int = DEFAULT_GROUP_SIZE, rng=None) -> Checkpoint:
     """A checkpoint of a named shape with random weights (no tokenizer; ids are random too)."""
     rng = rng or np.random.default_rng(0)
     s = {k: v for k, v in get_shape(name).items() if k != "hub_id"}

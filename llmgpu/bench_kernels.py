@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 
+from .defaults import DEFAULT_GROUP_SIZE
 from .gpu import Device
 from .ops.core import make_op
 from .ops import (Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8, silu_gemv_config,
                   submit)
-from .quant import random_q4
+from .quant import GROUP_SIZES, random_q4
 from .shapes import get_shape
 
 CACHE_BUSTER = 256 << 20  # rotate weight copies until this many bytes are in flight
@@ -210,7 +211,7 @@ def run(args) -> int:
 def add_arguments(p) -> None:
     p.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-1b",
                    help="comma-separated shape presets from models/shapes.json")
-    p.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128))
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES)
     p.add_argument("-m", "--m", type=int, default=512, help="rows of activations for the GEMM")
     p.add_argument("--repeat", type=int, default=200, help="GEMV dispatches per timing")
     p.add_argument("--no-gemm", action="store_true", help="time the GEMV only")

@@ -16,6 +16,7 @@ last turn (the last sampled token of a turn is never decoded, so it is not in th
 """
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,16 @@ def cached_prefix(model, ids: Sequence[int]) -> int:
     return n
 
 
+def check_max_tokens(max_tokens) -> None:
+    """The one check of a max_tokens argument (API, chat, CLI and the loop itself)."""
+    try:
+        ok = not isinstance(max_tokens, bool) and operator.index(max_tokens) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"max_tokens must be a whole number >= 1, got {max_tokens!r}")
+
+
 def check_context(model, n_prompt: int) -> None:
     if n_prompt == 0:
         raise ValueError("the prompt is empty; give at least one token")
@@ -79,8 +90,7 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
     is fine. ``stats`` (if given) is filled in as it goes.
     """
     prompt = [int(t) for t in prompt_ids]
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    check_max_tokens(max_tokens)
     check_context(model, len(prompt))
     cached = max(0, min(int(cached), cached_prefix(model, prompt), len(prompt) - 1))
     st = stats if stats is not None else GenerationStats()

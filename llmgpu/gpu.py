@@ -123,7 +123,7 @@ def _dump(folder, shader: str, entry: str, code: str, overrides: dict) -> None:
     """Write the expanded source of a compiled pipeline (`--dump-wgsl DIR`), overrides on top."""
     import hashlib
     Path(folder).mkdir(parents=True, exist_ok=True)
-    head = "".join(f"// override {k} = {v}\n" for k, v in sorted(overrides.items()))
+    head = "".join(f"// override {k} = {int(v) if float(v).is_integer() else v}\n" for k, v in sorted(overrides.items()))
     text = head + code
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     (Path(folder) / f"{shader}.{entry}.{digest}.wgsl").write_text(text)

@@ -238,6 +238,22 @@ def test_quantize_q8(dev, rng):
     check_quantize_q8(dev, rng)
 
 
+# ---- the linears (tests/test_kernels.py covers them in depth) ---------------------------
+
+def check_linear(dev, rng):
+    from .test_kernels import check
+    for M, gs, off in [(1, 32, False), (1, 128, True), (5, 64, True), (70, 32, False)]:
+        check(dev, random_q4(65, 256, gs, rng, offsets=off), rng.standard_normal((M, 256)))
+
+
+def check_linear_q8(dev, rng):
+    from .test_kernels import TOL, reference, rel_err
+    t = random_q4(65, 256, 32, rng)
+    x = rng.standard_normal((1, 256))
+    y, _ = ops.run_linear(dev, ops.Q4Linear(dev, t), x, q8=True)
+    assert rel_err(y, reference(dev, t, x), x, t) < max(TOL[dev.act_dtype], 1e-2)
+
+
 # ---- the ops layer's own checks ----------------------------------------------------------
 
 def test_bindings_are_named_and_read_only_where_declared():
@@ -284,6 +300,9 @@ PLANTED = [  # (check, shader, correct text, broken text)
     (check_attention_decode, "reduce", "t = max(t, red[i]);", "t = min(t, red[i]);"),  # a broken max
     (check_silu_mul, "silu_mul", "gu[i + 8u]", "gu[i + 4u]"),  # up read from the gate block
     (check_quantize_q8, "q8_common", "id = 127.0 / amax;", "id = 126.0 / amax;"),  # wrong int8 scale
+    (check_linear, "q4gsw_gemv", "let m = 0x00780000u;", "let m = 0x00700000u;"),  # a nibble bit lost
+    (check_linear, "q4gsw_gemm", "let o24 = bitcast<f32>(r.z) - 24.0 * s;", "let o24 = bitcast<f32>(r.z) - 23.0 * s;"),
+    (check_linear_q8, "q4gsw_gemv", "dot4I8Packed((q.x >> 4u) & m, xa.y)", "dot4I8Packed((q.x >> 3u) & m, xa.y)"),
 ]
 
 
