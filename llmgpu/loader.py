@@ -471,6 +471,9 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
     tok = tokenizer_from_gguf(fields)
     tokens = fields["tokenizer.ggml.tokens"]
     bos_id, eos_id = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
+    if any(i is not None and i >= len(tokens) for i in (bos_id, eos_id, *cfg.eos_token_id)):
+        raise ValueError(f"{path}: a BOS/EOS token id in the GGUF metadata is outside the {len(tokens)} tokens; "
+                         "the file is damaged")
     add_bos = fields.get("tokenizer.ggml.add_bos_token", fields.get("tokenizer.ggml.model") == "llama")
     gs = common_group_size(tensors)
     return Checkpoint(cfg, tensors, tok, fields.get("tokenizer.chat_template"),
