@@ -388,7 +388,7 @@ def main(argv=None) -> int:
             traceback.print_exc()
         return _report(e)
     finally:
-        if main_thread:
+        if main_thread and previous is not None:  # (None: a handler set outside Python; leave ours)
             signal.signal(signal.SIGTERM, previous)
 
 
