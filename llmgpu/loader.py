@@ -441,6 +441,7 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
     except Exception as e:
         raise ValueError(f"{path} is not a readable GGUF file ({e}); re-download it") from e
     cfg = ModelConfig.from_gguf(reader)
+    ckpt = _gguf_tokenizer(reader, cfg, path)  # first: checking metadata is cheap, converting tensors is not
     tensors: dict[str, np.ndarray | Q4Tensor] = {}
     for t in reader.tensors:
         if t.name in _GGUF_IGNORED:
@@ -466,7 +467,11 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
                     if n in tensors:
                         tensors[n] = _take_rows(tensors[n], llama_cpp_unpermute_rows(cfg.head_dim * heads, heads))
     tensors = _check_names(cfg, tensors, str(path))
+    return dataclasses.replace(ckpt, tensors=tensors, source=label, group_size=common_group_size(tensors))
 
+
+def _gguf_tokenizer(reader, cfg: ModelConfig, path: Path) -> Checkpoint:
+    """A Checkpoint without tensors: the tokenizer and chat metadata of a GGUF file."""
     fields = {k: gguf_value(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
     tok = tokenizer_from_gguf(fields)
     tokens = fields["tokenizer.ggml.tokens"]
@@ -475,11 +480,10 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
         raise ValueError(f"{path}: a BOS/EOS token id in the GGUF metadata is outside the {len(tokens)} tokens; "
                          "the file is damaged")
     add_bos = fields.get("tokenizer.ggml.add_bos_token", fields.get("tokenizer.ggml.model") == "llama")
-    gs = common_group_size(tensors)
-    return Checkpoint(cfg, tensors, tok, fields.get("tokenizer.chat_template"),
+    return Checkpoint(cfg, {}, tok, fields.get("tokenizer.chat_template"),
                       tokens[bos_id] if bos_id is not None else None,
                       tokens[eos_id] if eos_id is not None else None,
-                      cfg.eos_token_id, bool(add_bos), label, gs)
+                      cfg.eos_token_id, bool(add_bos))
 
 
 # ==== quantize, save, cache ====================================================================

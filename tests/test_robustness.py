@@ -197,3 +197,192 @@ def test_api_arguments_fail_at_the_call_with_their_name(call, exc, match):
 def test_logits_takes_numpy_integers():
     m = FakeModel()
     np.testing.assert_array_equal(LLM(m).logits(np.array([3, 4, 5])), m.logits([3, 4, 5]))
+
+
+# ==== 4/6. the CLI: one line for every error ===========================================================
+
+def test_greedy_nan_logits_stop_with_an_error(monkeypatch, capsys):
+    # catches: greedy argmax over NaN printing nothing (or garbage) and exiting 0
+    cls = install(monkeypatch)
+    monkeypatch.setattr(cls, "_next", lambda self: np.full(self.config.vocab_size, np.nan, np.float32))
+    for temp in ("0", "0.8"):
+        rc, out, err = run(capsys, "generate", "--temperature", temp, "Hi")
+        assert rc == 2
+        one_error_line(err, "logits are not finite (NaN)")
+
+
+def test_invalid_utf8_in_the_prompt_is_replaced_with_a_note(monkeypatch, capsys):
+    # catches: "TypeError: TextInputSequence must be str" from argv, stdin and chat lines
+    cls = install(monkeypatch, script="ok")
+    tok = cls.instances  # (filled below)
+    rc, out, err = run(capsys, "generate", "--no-chat-template", "hi \udcff there")  # argv bytes b"hi \xff there"
+    assert rc == 0 and out == "ok\n"
+    assert "the prompt is not valid UTF-8; 1 invalid byte sequence(s) replaced by U+FFFD" in err
+    m = tok[-1]
+    assert m.ids[:m.prefills[0]] == m.ckpt.tokenizer.encode("hi \ufffd there").ids
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi \xff\xfe there")))
+    rc, out, err = run(capsys, "generate", "--no-chat-template", "-")
+    assert rc == 0 and out == "ok\n" and "replaced by U+FFFD" in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\n\xc3\xa9t\xc3\xa9\n")))
+    rc, out, err = run(capsys, "chat")
+    assert rc == 0 and out == "ok\nok\n" and err.count("this line is not valid UTF-8") == 1
+
+
+@pytest.mark.parametrize("exc", [KeyError("data_offsets"), AttributeError("'list' object has no attribute 'get'"),
+                                 TypeError("TextInputSequence must be str")])
+def test_an_unexpected_exception_is_one_line_that_asks_for_a_bug_report(monkeypatch, capsys, exc):
+    # catches: tracebacks reaching users (cli.main caught only four exception types)
+    install(monkeypatch)
+
+    def boom(*a, **k):
+        raise exc
+    monkeypatch.setattr(cli, "_sampler", boom)
+    rc, out, err = run(capsys, "generate", "x")
+    assert rc == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"llmgpu: internal error: {type(exc).__name__}: ")
+    assert "This is a bug" in err and "https://github.com/llmgpu/llmgpu/issues" in err and "--debug" in err
+    rc, out, err = run(capsys, "--debug", "generate", "x")
+    assert rc == 1 and "Traceback (most recent call last)" in err and err.strip().endswith("with --debug")
+    monkeypatch.setenv("LLMGPU_DEBUG", "1")
+    rc, out, err = run(capsys, "generate", "x")
+    assert rc == 1 and "Traceback (most recent call last)" in err
+
+
+def test_ctx_above_the_model_context_says_so(monkeypatch, capsys):
+    # catches: --ctx 100000 silently clamped to the model's context
+    cls = install(monkeypatch, script="ok")
+    monkeypatch.setattr(cls, "__init__", lambda self, ck, max_seq, flat=False: FakeModel.__init__(
+        self, ck, max_seq=min(max_seq, 2048)))
+    rc, out, err = run(capsys, "generate", "--ctx", "100000", "Hi")
+    assert rc == 0 and "--ctx 100000 is more than this model's context of 2048 tokens; using 2048" in err
+
+
+def test_perplexity_names_a_bad_file(monkeypatch, capsys, tmp_path):
+    # catches: non-UTF-8 text without the file's name, and a directory reported as "no such file"
+    cls = install(monkeypatch)
+    (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin1"))
+    rc, out, err = run(capsys, "perplexity", str(tmp_path / "latin1.txt"))
+    assert rc == 2
+    one_error_line(err, f"{tmp_path / 'latin1.txt'} is not UTF-8 text (invalid byte at offset 3)")
+    rc, out, err = run(capsys, "perplexity", str(tmp_path))
+    one_error_line(err, f"{tmp_path} is a directory; give a text file")
+    assert cls.loads == []  # both before loading the model
+
+
+def test_subprocess_invalid_utf8_argv_and_a_bad_model(tmp_path):
+    # the real argv path (bytes -> surrogateescape) and the real process exit status
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("[1, 2]")
+    (tmp_path / "m" / "tokenizer.json").write_text("{}")
+    p = subprocess.run([sys.executable, "-m", "llmgpu.cli", "generate", "--model", str(tmp_path / "m"),
+                        os.fsdecode(b"hi \xff there")], capture_output=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "LLMGPU_CACHE": str(tmp_path / "cache")})
+    err = p.stderr.decode()
+    assert p.returncode == 2 and p.stdout == b""
+    assert "the prompt is not valid UTF-8" in err
+    assert err.splitlines()[-1] == f"llmgpu: error: {tmp_path / 'm' / 'config.json'} holds a JSON list, not an " \
+                                   "object; fix or re-download it"
+
+
+# ==== 4/7. safetensors, config.json and GGUF metadata ===================================================
+
+def write_st(path, header: dict, data: bytes, n=None):
+    """A .safetensors file with this header (a dict, or raw bytes) and data; ``n`` overrides the length."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes((len(h) if n is None else n).to_bytes(8, "little") + h + data)
+    return path
+
+
+GOOD = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+        "b": {"dtype": "I8", "shape": [4], "data_offsets": [24, 28]}}
+
+
+@pytest.mark.parametrize("header,data,n,match", [
+    (GOOD, bytes(28), 2**62, "header length 4611686018427387904 does not fit in the file"),
+    (b"{not json", bytes(28), None, "the header is not JSON"),
+    (b"\xff\xfe{}", bytes(28), None, "the header is not JSON"),
+    (b"[1, 2]", b"", None, "not a JSON object of tensors"),
+    ({"__metadata__": [1]}, b"", None, "not a JSON object of tensors"),
+    ({"a": {"dtype": "F32", "shape": [2, 3]}}, bytes(24), None, "data_offsets None, not [start, end]"),
+    ({"a": {"shape": [2], "data_offsets": [0, 8]}}, bytes(8), None, "tensor 'a' has no dtype"),
+    ({"a": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, bytes(2), None, "llmgpu cannot read"),
+    ({"a": {"dtype": "F32", "shape": "2x3", "data_offsets": [0, 24]}}, bytes(24), None, "not a list of sizes"),
+    ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4), None, "not a list of sizes"),
+    (GOOD, bytes(20), None, "tensor 'a' needs data bytes [0, 24) but the file holds 20"),
+    ({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}}, bytes(24), None,
+     "needs 24 bytes, its data_offsets span 20"),
+    ({**GOOD, "c": {"dtype": "I8", "shape": [4], "data_offsets": [20, 24]}}, bytes(28), None,
+     "tensors 'a' and 'c' overlap"),
+])
+def test_a_bad_safetensors_header_is_one_error_naming_the_file(tmp_path, header, data, n, match):
+    # catches: MemoryError (2**62), KeyError (no data_offsets), "cannot reshape" (truncated) and
+    # overlapping tensors silently sharing bytes
+    path = write_st(tmp_path / "w.safetensors", header, data, n)
+    with pytest.raises(ValueError) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value) and match in str(e.value)
+
+
+def test_a_valid_header_still_reads(tmp_path):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got = read_safetensors(write_st(tmp_path / "w.safetensors", GOOD, a.tobytes() + b"\x01\x02\x03\x04"))
+    np.testing.assert_array_equal(got["a"], a)
+    assert got["b"].tolist() == [1, 2, 3, 4]
+    save_file({"e": np.zeros((0, 4), np.float32), "z": np.ones(1, np.float16)}, str(tmp_path / "e.safetensors"))
+    assert read_safetensors(tmp_path / "e.safetensors")["e"].shape == (0, 4)  # empty tensors are fine
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"hidden_size": "64"}, "config.json: hidden_size must be an integer > 0, got '64'"),
+    ({"num_hidden_layers": -1}, "num_hidden_layers must be an integer > 0"),
+    ({"vocab_size": True}, "vocab_size must be an integer > 0"),
+    ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a number > 0"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false"),
+    ({"rope_scaling": [1]}, "rope_scaling must be an object"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": "2"}}, "rope_scaling.factor must be a number > 0"),
+    ({"quantization_config": "gptq"}, "quantization_config must be an object"),
+    ({"eos_token_id": "2"}, "eos_token_id must be a token id or a list of them"),
+    ({"model_type": ["llama"]}, "model_type must be a string"),
+])
+def test_config_json_types_are_checked(tmp_path, rng, change, match):
+    # catches: AttributeError / silent int("64") coercion from a config.json with wrong types
+    tiny_hf_dir(tmp_path / "m", rng)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(tmp_path / "m")
+    assert match in str(e.value) and "fix config.json" in str(e.value)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("llama.block_count", "2", "llama.block_count must be an integer > 0, got '2'"),
+    ("llama.embedding_length", 0, "llama.embedding_length must be an integer > 0"),
+    ("llama.rope.freq_base", "1e4", "llama.rope.freq_base must be a number > 0"),
+    ("tokenizer.ggml.tokens", [1, 2], "tokenizer.ggml.tokens must be a list of strings"),
+    ("tokenizer.ggml.scores", [0.5], "tokenizer.ggml.scores has 1 entries for 3 tokens"),
+    ("tokenizer.ggml.eos_token_id", 7, "outside the 3 tokens"),
+])
+def test_gguf_metadata_types_are_checked(tmp_path, key, value, match):
+    # catches: int("2")-style coercion, TypeErrors inside tokenizers, IndexError on tokens[eos]
+    gguf = pytest.importorskip("gguf")
+    meta = {"llama.block_count": 1, "llama.embedding_length": 32, "llama.feed_forward_length": 64,
+            "llama.attention.head_count": 2, "llama.context_length": 64, "llama.rope.freq_base": 10000.0,
+            "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "ab"],
+            "tokenizer.ggml.merges": ["a b"], "tokenizer.ggml.eos_token_id": 2, key: value}
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    for k, v in meta.items():
+        if isinstance(v, list):
+            w.add_array(k, v)
+        elif isinstance(v, str):
+            w.add_string(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
+        else:
+            w.add_uint32(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(tmp_path / "m.gguf")
+    assert match in str(e.value)
