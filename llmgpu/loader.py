@@ -250,7 +250,24 @@ def _token_str(v) -> str | None:
     return v.get("content") if isinstance(v, dict) else v
 
 
+def _q4_meta(d: Path) -> dict:
+    """A q4gsw directory's llmgpu.json, after checking its format and its files against the manifest
+    (first: a damaged directory says so, rather than failing on whichever file is damaged); {} for a
+    Hugging Face directory."""
+    meta = _read_json(d / "llmgpu.json")
+    if not meta:
+        return meta
+    version = meta.get("version", 0)
+    if meta.get("format") != FORMAT or not _is_int(version) or version > FORMAT_VERSION:
+        raise ValueError(f"{d}/llmgpu.json: format {meta.get('format')!r} version {version!r} is not "
+                         f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
+    if "files" in meta and (problem := verify_q4_dir(d, meta)):
+        raise DamagedCheckpointError(d, problem)
+    return meta
+
+
 def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
+    meta = _q4_meta(d)
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d} has no config.json; expected a Hugging Face model directory "
                                 "(config.json, *.safetensors, tokenizer.json) or a q4gsw checkpoint")
@@ -258,12 +275,6 @@ def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
         raise FileNotFoundError(f"{d} has no tokenizer.json (llmgpu reads only fast tokenizers); create it with "
                                 "transformers: AutoTokenizer.from_pretrained(src).save_pretrained(dir)")
     cfg = ModelConfig.from_hf(_read_json(d / "config.json"))
-    meta = _read_json(d / "llmgpu.json")
-    if meta and (meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION):
-        raise ValueError(f"{d}/llmgpu.json: format {meta.get('format')!r} version {meta.get('version')} is not "
-                         f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
-    if meta and "files" in meta and (problem := verify_q4_dir(d, meta)):
-        raise DamagedCheckpointError(d, problem)
     tensors = _read_weights(d, dtype, q4=bool(meta))
     if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), np.ndarray):
         del tensors["lm_head.weight"]  # a saved copy of the tied embedding

@@ -386,3 +386,183 @@ def test_gguf_metadata_types_are_checked(tmp_path, key, value, match):
     with pytest.raises(ValueError) as e:
         load_checkpoint(tmp_path / "m.gguf")
     assert match in str(e.value)
+
+
+# ==== 2. the quantized cache verifies what it loads =====================================================
+
+@pytest.fixture
+def cached(tmp_path, rng, monkeypatch):
+    """(source dir, the cache entry's dir, the first load) for a tiny float checkpoint."""
+    monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
+    tiny_hf_dir(tmp_path / "src", rng)
+    first = load_cached_or_quantize(tmp_path / "src", 32, progress=False)
+    (entry,) = (tmp_path / "cache").iterdir()
+    return tmp_path / "src", entry, first
+
+
+def assert_same_weights(a, b):
+    for name, t in a.tensors.items():
+        u = b.tensors[name]
+        np.testing.assert_array_equal(getattr(t, "qweight", t), getattr(u, "qweight", u), err_msg=name)
+
+
+def overwrite_layer0_qweight(entry: Path) -> None:
+    """Flip bytes of layer 0's q_proj (same file size), as the issue's reproduction did."""
+    header, start = loader.safetensors_header(entry / "model.safetensors")
+    a, _ = header["model.layers.0.self_attn.q_proj.weight.qweight"]["data_offsets"]
+    with open(entry / "model.safetensors", "r+b") as f:
+        f.seek(start + a)
+        chunk = f.read(64)
+        f.seek(start + a)
+        f.write(bytes(x ^ 0xFF for x in chunk))
+
+
+@pytest.mark.parametrize("damage,why", [
+    (overwrite_layer0_qweight, "model.safetensors does not match the checksum"),
+    (lambda e: os.truncate(e / "model.safetensors", os.path.getsize(e / "model.safetensors") - 100),
+     "model.safetensors is"),
+    (lambda e: (e / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+    (lambda e: (e / "llmgpu.json").write_text("{"), "llmgpu.json is not valid JSON"),
+    (lambda e: (e / "llmgpu.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((e / "llmgpu.json").read_text()).items() if k != "files"})), "no checksums"),
+])
+def test_a_damaged_cache_entry_is_rebuilt_and_says_so(cached, capsys, damage, why):
+    # catches: corrupted weights used silently (wrong answers, exit 0) and a truncated entry failing
+    # "cannot reshape" on every run without ever being rebuilt
+    src, entry, first = cached
+    capsys.readouterr()
+    damage(entry)
+    again = load_cached_or_quantize(src, 32, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the cached quantized model {entry} is unusable" in err and why in err
+    assert f"rebuilding it from {src.resolve()}" in err
+    assert_same_weights(first, again)
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # rebuilt in place, nothing beside it
+    load_cached_or_quantize(src, 32, progress=False)
+    assert capsys.readouterr().err == ""  # and now trusted again
+
+
+def test_a_damaged_q4_directory_of_the_user_names_itself(tmp_path, rng):
+    # catches: a user's quantized directory with overwritten bytes loading as garbage
+    tiny_hf_dir(tmp_path / "src", rng)
+    out = save_q4_checkpoint(quantize_checkpoint(load_checkpoint(tmp_path / "src"), progress=False), tmp_path / "q")
+    overwrite_layer0_qweight(out)
+    with pytest.raises(DamagedCheckpointError, match=f"{out} is damaged: model.safetensors does not match the "
+                                                     "checksum.*re-create it with llmgpu quantize"):
+        load_checkpoint(out)
+
+
+# ==== 3/5. outputs: never destroy a user's files, never leave temp dirs =================================
+
+def quantize_cli(capsys, src, out, *extra):
+    return run(capsys, "quantize", str(src), "-o", str(out), "-q", *extra)
+
+
+def test_quantize_refuses_outputs_that_would_destroy_something(tmp_path, rng, capsys):
+    # catches: -o replacing a directory of other files, a file, or the source checkpoint itself
+    src = tmp_path / "src"
+    tiny_hf_dir(src, rng)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("also mine")
+    cases = [(tmp_path / "docs", "is not an llmgpu output (it holds notes.txt)"),
+             (tmp_path / "file", "exists and is not a directory"),
+             (src, "would overwrite the source"), (src / "sub", "would overwrite the source"),
+             (tmp_path, "would overwrite the source")]
+    for out, match in cases:
+        for force in ((), ("--force",)):
+            rc, _, err = quantize_cli(capsys, src, out, *force)
+            assert rc == 2
+            one_error_line(err, match)
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "mine" and (tmp_path / "file").read_text() == "also mine"
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "file", "src"]
+
+
+def test_quantize_replaces_an_earlier_output_only_with_force(tmp_path, rng, capsys):
+    # catches: silently replacing an earlier output, or --force not working
+    tiny_hf_dir(tmp_path / "src", rng)
+    (tmp_path / "empty").mkdir()
+    assert quantize_cli(capsys, tmp_path / "src", tmp_path / "empty")[0] == 0  # an empty dir is fine
+    rc, _, err = quantize_cli(capsys, tmp_path / "src", tmp_path / "empty", "--group-size", "64")
+    assert rc == 2
+    one_error_line(err, "holds an earlier llmgpu output; pass --force")
+    assert load_checkpoint(tmp_path / "empty").group_size == 32
+    rc, _, _ = quantize_cli(capsys, tmp_path / "src", tmp_path / "empty", "--group-size", "64", "--force")
+    assert rc == 0 and load_checkpoint(tmp_path / "empty").group_size == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "src"]
+
+
+def test_an_unwritable_output_is_one_line_without_errno(tmp_path, rng, capsys):
+    # catches: "[Errno 2] No such file or directory: '/proc/.x.tmp-...'"
+    tiny_hf_dir(tmp_path / "src", rng)
+    rc, _, err = quantize_cli(capsys, tmp_path / "src", "/proc/x")
+    assert rc == 2
+    one_error_line(err, "cannot write /proc/x: ")
+    assert "[Errno" not in err and "choose a directory you can write to" in err
+
+
+def dead_pid() -> int:
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # above pid_max: never a live process
+
+
+def test_sweep_removes_only_abandoned_temp_dirs(tmp_path):
+    # catches: leftovers of killed writers staying for ever, and a sweep that deletes live or foreign dirs
+    old = time.time() - loader.STALE_AFTER_S - 60
+    made = {}
+    for label, name, age in [("abandoned", f".m.tmp-{dead_pid()}-0123abcd", old),
+                             ("abandoned-old", f".m.old-{dead_pid()}-89abcdef", old),
+                             ("fresh", f".m.tmp-{dead_pid()}-00000000", None),
+                             ("alive", f".m.tmp-{os.getppid()}-11111111", old),
+                             ("mine", f".m.tmp-{os.getpid()}-22222222", old),
+                             ("other-name", f".notes.tmp-{dead_pid()}-33333333", old),
+                             ("not-ours", ".m.tmp-backup", old)]:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+        if age is not None:
+            for p in (d / "model.safetensors", d):
+                os.utime(p, (age, age))
+        made[label] = d
+    sweep_temp_dirs(tmp_path, "m")
+    assert {k for k, d in made.items() if d.exists()} == {"fresh", "alive", "mine", "other-name", "not-ours"}
+    sweep_temp_dirs(tmp_path)  # the cache's sweep: every name
+    assert {k for k, d in made.items() if d.exists()} == {"fresh", "alive", "mine", "not-ours"}
+
+
+def test_loading_sweeps_the_cache(cached):
+    # catches: cache temp dirs of a killed `generate` never removed
+    src, entry, _ = cached
+    left = entry.parent / f".{entry.name}.tmp-{dead_pid()}-0123abcd"
+    left.mkdir()
+    os.utime(left, (time.time() - loader.STALE_AFTER_S - 60,) * 2)
+    load_cached_or_quantize(src, 32, progress=False)
+    assert not left.exists()
+
+
+SIGTERM_DURING_SAVE = """
+import os, signal, sys
+import safetensors.numpy
+real = safetensors.numpy.save_file
+def save_then_killed(tensors, filename, metadata=None):
+    real(tensors, filename, metadata=metadata)  # the temp dir holds a whole weights file...
+    os.kill(os.getpid(), signal.SIGTERM)  # ...when the user's `kill` arrives
+safetensors.numpy.save_file = save_then_killed
+from llmgpu import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["quantize", "{src}", "-o", "{out}", "-q"],
+                                  ["--debug", "perplexity", "--model", "{src}", "{src}/config.json"]])
+def test_sigterm_removes_temp_dirs_like_ctrl_c(tmp_path, rng, argv):
+    # catches: SIGTERM killing the process with its hidden temp dir left behind (quantize, and the cache
+    # being filled by a command that loads a model)
+    tiny_hf_dir(tmp_path / "src", rng)
+    argv = [a.format(src=tmp_path / "src", out=tmp_path / "out") for a in argv]
+    p = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SAVE, *argv], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env={**os.environ, "LLMGPU_CACHE": str(tmp_path / "cache")})
+    assert p.returncode == 128 + signal.SIGTERM, p.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["src"], ["cache", "src"])
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
