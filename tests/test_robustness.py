@@ -566,3 +566,31 @@ def test_sigterm_removes_temp_dirs_like_ctrl_c(tmp_path, rng, argv):
     assert p.returncode == 128 + signal.SIGTERM, p.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) in (["src"], ["cache", "src"])
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_two_threads_times_four_generations_on_a_gpu_model(tmp_path, rng):
+    # catches: the Rust panic "Buffer with 'logits.staging' label is still mapped" (exit 134) and
+    # "Buffer map is pending" when two threads drive one GPU model
+    from llmgpu.model import Model
+    from tests.conftest import get_device
+
+    tiny_hf_dir(tmp_path / "src", rng)
+    llm = LLM(Model(quantize_checkpoint(load_checkpoint(tmp_path / "src"), progress=False), dev=get_device(),
+                    max_seq=64))
+    prompts = [["Hello world", "The quick", "café", "def f(x):"], ["Once upon", "How are you", "lazy dog", "12"]]
+    kw = dict(temperature=0, max_tokens=8, chat_template=False)
+    alone = [[llm.generate(p, **kw) for p in ps] for ps in prompts]
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def worker(i):
+        try:
+            barrier.wait()
+            results[i] = [llm.generate(p, **kw) for p in prompts[i]]
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and [results[0], results[1]] == alone
