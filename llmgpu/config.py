@@ -158,14 +158,7 @@ class ModelConfig:
             raise ValueError(f"unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
 
         def get(key, default=None):
-            v = gguf_value(reader, f"{arch}.{key}", default)
-            if isinstance(v, list):
-                raise ValueError(f"GGUF {arch}.{key} varies per layer; that is not supported")
-            check, what = _GGUF_FIELDS.get(key.rsplit(".", 1)[-1], (None, ""))
-            if v is not None and check is not None and not check(v):
-                raise ValueError(f"GGUF metadata {arch}.{key} must be {what}, got {v!r}; the file is damaged "
-                                 "or was written by an unsupported converter")
-            return v
+            return _gguf_arch_value(reader, arch, key, default)
 
         missing = [k for k in ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
                    if get(k) is None]
@@ -285,6 +278,18 @@ def check_hf_types(d) -> None:
     for key, v, ok, what in fields:
         if v is not None and not ok(v):
             raise ValueError(f"config.json: {key} must be {what}, got {v!r}; fix config.json or re-download it")
+
+
+def _gguf_arch_value(reader, arch: str, key: str, default=None):
+    """GGUF ``{arch}.{key}``, checked against :data:`_GGUF_FIELDS` (one value, of the right type)."""
+    v = gguf_value(reader, f"{arch}.{key}", default)
+    if isinstance(v, list):
+        raise ValueError(f"GGUF {arch}.{key} varies per layer; that is not supported")
+    check, what = _GGUF_FIELDS.get(key.rsplit(".", 1)[-1], (None, ""))
+    if v is not None and check is not None and not check(v):
+        raise ValueError(f"GGUF metadata {arch}.{key} must be {what}, got {v!r}; the file is damaged "
+                         "or was written by an unsupported converter")
+    return v
 
 
 def _rope_from_hf(d: dict) -> tuple[float, dict | None]:
