@@ -28,8 +28,8 @@ def _valid_text(text: str, what: str) -> str:
     """``text`` with invalid UTF-8 replaced by U+FFFD, and a note on stderr saying so.
 
     Python hands undecodable argv/stdin bytes over as lone surrogates (surrogateescape), which the
-    tokenizer rejects; we recover the bytes and decode them leniently, as llama.cpp does with bytes
-    it cannot read, but we say so, since the model then sees a different prompt.
+    tokenizer rejects. Replacing rather than refusing keeps a prompt with one stray byte usable; the
+    note is there because the model then sees a different prompt than the one typed.
     """
     try:
         text.encode("utf-8")

@@ -36,8 +36,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, gguf_value
-from .quant import (DEFAULT_GROUP_SIZE, GROUP_SIZES, Q4Tensor, Q8Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1, quantize,
-                    quantize_q8)
+from .quant import (DEFAULT_GROUP_SIZE, GROUP_SIZES, Q4Tensor, Q8Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1,
+                    quantize, quantize_q8)
 from .tokenizer import tokenizer_from_gguf
 
 FORMAT, FORMAT_VERSION = "q4gsw", 2  # 2: int8 lm_head (<name>.q8weight/.scales)
@@ -174,7 +174,8 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
             raise _corrupt(path, f"{len(head)} bytes long, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, _MAX_HEADER):
-            raise _corrupt(path, f"header length {n} does not fit in the file ({size} bytes)")
+            raise _corrupt(path, f"header length {n} does not fit in the file ({size} bytes)" if n > size - 8
+                           else f"header length {n} is over safetensors' limit of {_MAX_HEADER}")
         raw = f.read(n)
     try:
         header = json.loads(raw)  # (bytes: json detects UTF-8; invalid UTF-8 is a ValueError too)
@@ -263,6 +264,9 @@ def _q4_meta(d: Path) -> dict:
                          f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
     if "files" in meta and (problem := verify_q4_dir(d, meta)):
         raise DamagedCheckpointError(d, problem)
+    if not isinstance(meta.get("source", ""), str) or not isinstance(meta.get("quant_errors") or {}, dict):
+        raise ValueError(f"{d}/llmgpu.json: 'source' must be a string and 'quant_errors' an object; "
+                         "re-create this directory with llmgpu quantize")
     return meta
 
 
