@@ -733,17 +733,19 @@ def _newest_mtime(d: Path) -> float:
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after.
+
+    Whatever interrupts it (an OSError, Ctrl-C, SIGTERM) puts the previous version back."""
     old = None
-    if os.path.lexists(out):
-        old = _temp_path(out, "old")
-        old.mkdir()
-        os.replace(out, old / "d")
     try:
+        if os.path.lexists(out):
+            old = _temp_path(out, "old")
+            old.mkdir()
+            os.replace(out, old / "d")
         os.replace(tmp, out)
-    except OSError:
-        if old is not None and not out.exists():
-            os.replace(old / "d", out)  # put the previous version back
+    except BaseException:
+        if old is not None and os.path.lexists(old / "d") and not os.path.lexists(out):
+            os.replace(old / "d", out)
         raise
     finally:
         if old is not None:

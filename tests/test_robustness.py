@@ -214,11 +214,10 @@ def test_greedy_nan_logits_stop_with_an_error(monkeypatch, capsys):
 def test_invalid_utf8_in_the_prompt_is_replaced_with_a_note(monkeypatch, capsys):
     # catches: "TypeError: TextInputSequence must be str" from argv, stdin and chat lines
     cls = install(monkeypatch, script="ok")
-    tok = cls.instances  # (filled below)
     rc, out, err = run(capsys, "generate", "--no-chat-template", "hi \udcff there")  # argv bytes b"hi \xff there"
     assert rc == 0 and out == "ok\n"
     assert "the prompt is not valid UTF-8; 1 invalid byte sequence(s) replaced by U+FFFD" in err
-    m = tok[-1]
+    m = cls.instances[-1]
     assert m.ids[:m.prefills[0]] == m.ckpt.tokenizer.encode("hi \ufffd there").ids
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi \xff\xfe there")))
     rc, out, err = run(capsys, "generate", "--no-chat-template", "-")
@@ -594,3 +593,23 @@ def test_two_threads_times_four_generations_on_a_gpu_model(tmp_path, rng):
     for t in threads:
         t.join(300)
     assert not errors and [results[0], results[1]] == alone
+
+
+def test_an_interrupted_replace_keeps_the_previous_output(tmp_path, rng, monkeypatch):
+    # catches: Ctrl-C/SIGTERM between moving the old output aside and renaming the new one in deleting both
+    tiny_hf_dir(tmp_path / "src", rng)
+    q = quantize_checkpoint(load_checkpoint(tmp_path / "src"), progress=False)
+    out = save_q4_checkpoint(q, tmp_path / "q")
+    before = (out / "model.safetensors").read_bytes()
+    real = os.replace
+
+    def interrupted(a, b):
+        if Path(a).name.startswith(".q.tmp-"):
+            raise KeyboardInterrupt
+        real(a, b)
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_q4_checkpoint(q, out, force=True)
+    monkeypatch.undo()
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "src"]
