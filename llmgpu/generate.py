@@ -16,11 +16,11 @@ last turn (the last sampled token of a turn is never decoded, so it is not in th
 """
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from . import checks
 from .sample import Sampler
 from .tokenizer import IncrementalDetokenizer
 
@@ -61,22 +61,15 @@ def cached_prefix(model, ids: Sequence[int]) -> int:
     return n
 
 
-def check_max_tokens(max_tokens) -> None:
-    """The one check of a max_tokens argument (API, chat, CLI and the loop itself)."""
-    try:
-        ok = not isinstance(max_tokens, bool) and operator.index(max_tokens) >= 1
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"max_tokens must be a whole number >= 1, got {max_tokens!r}")
-
-
-def check_context(model, n_prompt: int) -> None:
+def check_context(model, n_prompt: int, what: str = "the prompt has",
+                  fix: str = "shorten the prompt") -> None:
+    """The one check that a prompt fits the model's context (before any work); `what` and `fix` let
+    a caller word it for its case (a chat, an evaluation)."""
     if n_prompt == 0:
         raise ValueError("the prompt is empty; give at least one token")
     if n_prompt > model.max_seq:
-        raise ValueError(f"the prompt has {n_prompt} tokens, more than the context of {model.max_seq}; "
-                         "shorten the prompt or load the model with a larger context (--ctx / max_seq)")
+        raise ValueError(f"{what} {n_prompt} tokens, more than the context of {model.max_seq}; "
+                         f"{fix} or load the model with a larger context (--ctx / max_seq)")
 
 
 def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens: int, *,
@@ -90,7 +83,7 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
     is fine. ``stats`` (if given) is filled in as it goes.
     """
     prompt = [int(t) for t in prompt_ids]
-    check_max_tokens(max_tokens)
+    checks.positive_int("max_tokens", max_tokens)
     check_context(model, len(prompt))
     cached = max(0, min(int(cached), cached_prefix(model, prompt), len(prompt) - 1))
     st = stats if stats is not None else GenerationStats()

@@ -21,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
 import shutil
 import struct
-import tempfile
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +36,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, gguf_value
-from .quant import (DEFAULT_GROUP_SIZE, Q4Tensor, Q8Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1, quantize,
-                    quantize_q8)
+from .quant import (DEFAULT_GROUP_SIZE, GROUP_SIZES, Q4Tensor, Q8Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1,
+                    quantize, quantize_q8)
 from .tokenizer import tokenizer_from_gguf
 
 FORMAT, FORMAT_VERSION = "q4gsw", 2  # 2: int8 lm_head (<name>.q8weight/.scales)
@@ -148,23 +150,78 @@ def bf16_to_f32(u: np.ndarray) -> np.ndarray:
     return (u.astype(np.uint32) << 16).view(np.float32)
 
 
-def read_safetensors(path: Path, dtype=None) -> dict[str, np.ndarray]:
-    """All tensors of one .safetensors file; floats cast to ``dtype`` if given (bf16 always converted)."""
+_MAX_HEADER = 100_000_000  # the safetensors library's own cap on the JSON header
+
+
+def _corrupt(path, why: str) -> ValueError:
+    return ValueError(f"{path} is not a valid safetensors file: {why}; the file is damaged or truncated, "
+                      "re-download or re-create it")
+
+
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """The validated header (tensor name -> dtype, shape, data_offsets) of a .safetensors file, and
+    the byte where its data starts.
+
+    Everything numpy would trip over later is checked here, so a damaged or hostile file fails with
+    its name: the header length (inside the file and under safetensors' 100 MB cap, never allocated
+    from an untrusted length), a JSON object of tensors, known dtypes, shapes of non-negative ints,
+    offsets inside the file whose span equals shape x dtype size, and no two tensors overlapping.
+    """
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path} is not a safetensors file (too short); re-download it")
+            raise _corrupt(path, f"{len(head)} bytes long, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise ValueError(f"{path} has a corrupt safetensors header; re-download it") from e
-    header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if os.path.getsize(path) > 8 + n else b""
+        if n > min(size - 8, _MAX_HEADER):
+            raise _corrupt(path, f"header length {n} does not fit in the file ({size} bytes)" if n > size - 8
+                           else f"header length {n} is over safetensors' limit of {_MAX_HEADER}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)  # (bytes: json detects UTF-8; invalid UTF-8 is a ValueError too)
+    except ValueError as e:
+        raise _corrupt(path, f"the header is not JSON ({e})") from None
+    if not isinstance(header, dict) or not isinstance(header.pop("__metadata__", {}), dict):
+        raise _corrupt(path, "the header is not a JSON object of tensors")
+    spans = sorted(_tensor_span(path, name, info, size - 8 - n) + (name,) for name, info in header.items())
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise _corrupt(path, f"tensors {a!r} and {b!r} overlap")
+    return header, 8 + n
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tensor_span(path, name: str, info, data_len: int) -> tuple[int, int]:
+    """(start, end) of one header entry's data, after checking the entry."""
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        raise _corrupt(path, f"tensor {name!r} has no dtype")
+    if info["dtype"] not in _ST_DTYPES:  # a real format llmgpu lacks (e.g. F8_E4M3), not damage
+        raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which llmgpu cannot read "
+                         f"(supported: {', '.join(_ST_DTYPES)})")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise _corrupt(path, f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise _corrupt(path, f"tensor {name!r} has data_offsets {offsets!r}, not [start, end]")
+    a, b = offsets
+    if not 0 <= a <= b <= data_len:
+        raise _corrupt(path, f"tensor {name!r} needs data bytes [{a}, {b}) but the file holds {data_len}")
+    nbytes = math.prod(shape) * np.dtype(_ST_DTYPES[info["dtype"]]).itemsize
+    if b - a != nbytes:
+        raise _corrupt(path, f"tensor {name!r} ({info['dtype']} {shape}) needs {nbytes} bytes, "
+                             f"its data_offsets span {b - a}")
+    return a, b
+
+
+def read_safetensors(path: Path, dtype=None) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file; floats cast to ``dtype`` if given (bf16 always converted)."""
+    header, start = safetensors_header(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if os.path.getsize(path) > start else b""
     out = {}
     for name, info in header.items():
-        if info["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         a, b = info["data_offsets"]
         arr = np.frombuffer(data[a:b], dtype=_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
         if info["dtype"] == "BF16":
@@ -182,16 +239,39 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or re-download it") from e
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # (UnicodeDecodeError included)
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or re-download it") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; fix or re-download it")
+    return d
 
 
 def _token_str(v) -> str | None:
     return v.get("content") if isinstance(v, dict) else v
 
 
+def _q4_meta(d: Path) -> dict:
+    """A q4gsw directory's llmgpu.json, after checking its format and its files against the manifest
+    (first: a damaged directory says so, rather than failing on whichever file is damaged); {} for a
+    Hugging Face directory."""
+    meta = _read_json(d / "llmgpu.json")
+    if not meta:
+        return meta
+    version = meta.get("version", 0)
+    if meta.get("format") != FORMAT or not _is_int(version) or version > FORMAT_VERSION:
+        raise ValueError(f"{d}/llmgpu.json: format {meta.get('format')!r} version {version!r} is not "
+                         f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
+    if "files" in meta and (problem := verify_q4_dir(d, meta)):
+        raise DamagedCheckpointError(d, problem)
+    if not isinstance(meta.get("source", ""), str) or not isinstance(meta.get("quant_errors") or {}, dict):
+        raise ValueError(f"{d}/llmgpu.json: 'source' must be a string and 'quant_errors' an object; "
+                         "re-create this directory with llmgpu quantize")
+    return meta
+
+
 def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
+    meta = _q4_meta(d)
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d} has no config.json; expected a Hugging Face model directory "
                                 "(config.json, *.safetensors, tokenizer.json) or a q4gsw checkpoint")
@@ -199,10 +279,6 @@ def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
         raise FileNotFoundError(f"{d} has no tokenizer.json (llmgpu reads only fast tokenizers); create it with "
                                 "transformers: AutoTokenizer.from_pretrained(src).save_pretrained(dir)")
     cfg = ModelConfig.from_hf(_read_json(d / "config.json"))
-    meta = _read_json(d / "llmgpu.json")
-    if meta and (meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION):
-        raise ValueError(f"{d}/llmgpu.json: format {meta.get('format')!r} version {meta.get('version')} is not "
-                         f"readable by this llmgpu ({FORMAT} v{FORMAT_VERSION}); upgrade llmgpu or re-quantize")
     tensors = _read_weights(d, dtype, q4=bool(meta))
     if cfg.tie_word_embeddings and isinstance(tensors.get("lm_head.weight"), np.ndarray):
         del tensors["lm_head.weight"]  # a saved copy of the tied embedding
@@ -234,7 +310,7 @@ def _read_weights(d: Path, dtype, q4: bool) -> dict[str, np.ndarray | Q4Tensor]:
     """All tensors of a directory's safetensors files; with ``q4``, ``<name>.qweight/.scales/.offsets``
     are reassembled into Q4Tensors (group size from the shapes)."""
     if (d / "model.safetensors.index.json").is_file():
-        files = sorted(set(_read_json(d / "model.safetensors.index.json").get("weight_map", {}).values()))
+        files = _shard_files(d / "model.safetensors.index.json")
     elif (d / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
@@ -250,14 +326,39 @@ def _read_weights(d: Path, dtype, q4: bool) -> dict[str, np.ndarray | Q4Tensor]:
     tensors: dict[str, np.ndarray | Q4Tensor] = {}
     for name, arr in raw.items():
         base, _, part = name.rpartition(".")
-        if q4 and part == "qweight":
-            sc = raw[base + ".scales"].astype(np.float16)
-            tensors[base] = Q4Tensor(arr, sc, arr.shape[1] * 8 // sc.shape[1], raw.get(base + ".offsets"))
-        elif q4 and part == "q8weight":
-            tensors[base] = Q8Tensor(arr, raw[base + ".scales"].astype(np.float16))
+        if q4 and part in ("qweight", "q8weight"):
+            tensors[base] = _quantized(d, base, part, raw)
         elif not (q4 and part in ("scales", "offsets")):
             tensors[name] = arr.astype(dtype, copy=False) if arr.dtype.kind == "f" else arr
     return tensors
+
+
+def _shard_files(index: Path) -> list[str]:
+    """The shard file names of a model.safetensors.index.json (plain names in its directory)."""
+    wm = _read_json(index).get("weight_map", {})
+    if not isinstance(wm, dict) or not all(isinstance(f, str) and f and Path(f).name == f for f in wm.values()):
+        raise ValueError(f"{index}: weight_map must map tensor names to file names in the same directory; "
+                         "fix or re-download it")
+    return sorted(set(wm.values()))
+
+
+def _quantized(d: Path, base: str, part: str, raw: dict) -> Q4Tensor | Q8Tensor:
+    """A q4gsw directory's ``<base>.qweight`` (or ``.q8weight``) + ``.scales`` (+ ``.offsets``) as one
+    tensor, after checking the shapes agree (a damaged file must not reach the GPU as garbage)."""
+    q, sc, off = raw[f"{base}.{part}"], raw.get(base + ".scales"), raw.get(base + ".offsets")
+    ok = sc is not None and q.dtype == np.uint32 and q.ndim == sc.ndim == 2 and q.shape[0] == sc.shape[0] \
+        and sc.shape[1] > 0 and (off is None or off.shape == sc.shape)
+    K = q.shape[1] * (8 if part == "qweight" else 4)  # 4-bit: 8 per u32 word; int8: 4
+    group = K // sc.shape[1] if ok else 0
+    if group not in (GROUP_SIZES if part == "qweight" else (32,)) or sc.shape[1] * group != K:
+        ok = False
+    if not ok:
+        raise ValueError(f"{d}: the quantized tensor {base} is inconsistent ({part} {q.dtype} {q.shape}, "
+                         f"scales {None if sc is None else sc.shape}); re-create this directory "
+                         "with llmgpu quantize")
+    if part == "q8weight":
+        return Q8Tensor(q, sc.astype(np.float16))
+    return Q4Tensor(q, sc.astype(np.float16), group, off)
 
 
 def _post_processor_adds_bos(tok: Tokenizer, bos: str | None) -> bool:
@@ -355,6 +456,7 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
     except Exception as e:
         raise ValueError(f"{path} is not a readable GGUF file ({e}); re-download it") from e
     cfg = ModelConfig.from_gguf(reader)
+    ckpt = _gguf_tokenizer(reader, cfg, path)  # first: checking metadata is cheap, converting tensors is not
     tensors: dict[str, np.ndarray | Q4Tensor] = {}
     for t in reader.tensors:
         if t.name in _GGUF_IGNORED:
@@ -380,17 +482,23 @@ def _load_gguf(path: Path, dtype, label: str) -> Checkpoint:
                     if n in tensors:
                         tensors[n] = _take_rows(tensors[n], llama_cpp_unpermute_rows(cfg.head_dim * heads, heads))
     tensors = _check_names(cfg, tensors, str(path))
+    return dataclasses.replace(ckpt, tensors=tensors, source=label, group_size=common_group_size(tensors))
 
+
+def _gguf_tokenizer(reader, cfg: ModelConfig, path: Path) -> Checkpoint:
+    """A Checkpoint without tensors: the tokenizer and chat metadata of a GGUF file."""
     fields = {k: gguf_value(reader, k) for k in reader.fields if k.startswith("tokenizer.")}
     tok = tokenizer_from_gguf(fields)
     tokens = fields["tokenizer.ggml.tokens"]
     bos_id, eos_id = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
+    if any(i is not None and i >= len(tokens) for i in (bos_id, eos_id, *cfg.eos_token_id)):
+        raise ValueError(f"{path}: a BOS/EOS token id in the GGUF metadata is outside the {len(tokens)} tokens; "
+                         "the file is damaged")
     add_bos = fields.get("tokenizer.ggml.add_bos_token", fields.get("tokenizer.ggml.model") == "llama")
-    gs = common_group_size(tensors)
-    return Checkpoint(cfg, tensors, tok, fields.get("tokenizer.chat_template"),
+    return Checkpoint(cfg, {}, tok, fields.get("tokenizer.chat_template"),
                       tokens[bos_id] if bos_id is not None else None,
                       tokens[eos_id] if eos_id is not None else None,
-                      cfg.eos_token_id, bool(add_bos), label, gs)
+                      cfg.eos_token_id, bool(add_bos))
 
 
 # ==== quantize, save, cache ====================================================================
@@ -427,68 +535,217 @@ def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, 
     return dataclasses.replace(ckpt, tensors=tensors, group_size=common_group_size(tensors), quant_errors=errors)
 
 
-def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dtype=np.float16) -> Path:
+def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dtype=np.float16,
+                       force: bool = False) -> Path:
     """Write ``ckpt`` as a q4gsw directory, atomically (a temp dir beside ``out_dir``, then renamed).
 
     ``model.safetensors`` holds Q4 tensors as ``<name>.qweight`` (u32), ``<name>.scales`` (f16) and
     ``<name>.offsets`` (f32, if any); float tensors as ``float_dtype`` (f32 where f16 would overflow).
-    """
-    from safetensors.numpy import save_file
+    ``llmgpu.json`` records each other file's size and sha256, checked on load.
 
+    An existing ``out_dir`` is replaced only if it is an earlier llmgpu output and ``force`` is set;
+    see :func:`check_output_path` for what is refused. Temp dirs that a killed writer left beside
+    ``out_dir`` are removed first (:func:`sweep_temp_dirs`).
+    """
     out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # (not mkdtemp: its 0700 would ignore the umask)
+    check_output_path(out, _source_path(ckpt), force)
+    sweep_temp_dirs(out.parent, out.name)
     try:
-        flat: dict[str, np.ndarray] = {}
-        for name, t in ckpt.tensors.items():
-            if isinstance(t, Q8Tensor):
-                flat[name + ".q8weight"] = np.ascontiguousarray(t.qweight, np.uint32)
-                flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
-            elif isinstance(t, Q4Tensor):
-                flat[name + ".qweight"] = np.ascontiguousarray(t.qweight, np.uint32)
-                flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
-                if t.offsets is not None:
-                    flat[name + ".offsets"] = np.ascontiguousarray(t.offsets, np.float32)
-            else:
-                with np.errstate(over="ignore"):
-                    a = np.asarray(t, float_dtype)
-                flat[name] = np.ascontiguousarray(a if np.isfinite(a).all() else np.asarray(t, np.float32))
-        save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        os.chmod(tmp / "model.safetensors", tmp.stat().st_mode & 0o666)  # umask, like the json files
-        errs = ckpt.quant_errors
-        files = {
-            "config.json": ckpt.config.to_hf(),
-            "llmgpu.json": {"format": FORMAT, "version": FORMAT_VERSION, "group_size": ckpt.group_size,
-                            "source": ckpt.source,
-                            "quant_error_mean": float(np.mean(list(errs.values()))) if errs else None,
-                            "quant_errors": errs},
-            "tokenizer_config.json": {"chat_template": ckpt.chat_template, "bos_token": ckpt.bos_token,
-                                      "eos_token": ckpt.eos_token, "add_bos_token": ckpt.add_bos},
-            "generation_config.json": {"bos_token_id": ckpt.bos_token_id,
-                                       "eos_token_id": list(ckpt.eos_token_ids)},
-        }
-        for fname, obj in files.items():
-            (tmp / fname).write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-        ckpt.tokenizer.save(str(tmp / "tokenizer.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(out, "tmp")
+        tmp.mkdir()  # (not mkdtemp: its 0700 would ignore the umask)
+    except OSError as e:
+        raise OSError(f"cannot write {out}: {e.strerror or e}; choose a directory you can write to") from None
+    try:
+        _write_q4_files(ckpt, tmp, float_dtype)
         _replace_dir(tmp, out)
-    except BaseException:
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"could not write {out} ({e.strerror or e}); nothing was changed there") from e
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into SystemExit): leave nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "d")
+def _write_q4_files(ckpt: Checkpoint, tmp: Path, float_dtype) -> None:
+    from safetensors.numpy import save_file
+
+    flat: dict[str, np.ndarray] = {}
+    for name, t in ckpt.tensors.items():
+        if isinstance(t, Q8Tensor):
+            flat[name + ".q8weight"] = np.ascontiguousarray(t.qweight, np.uint32)
+            flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
+        elif isinstance(t, Q4Tensor):
+            flat[name + ".qweight"] = np.ascontiguousarray(t.qweight, np.uint32)
+            flat[name + ".scales"] = np.ascontiguousarray(t.scales, np.float16)
+            if t.offsets is not None:
+                flat[name + ".offsets"] = np.ascontiguousarray(t.offsets, np.float32)
+        else:
+            with np.errstate(over="ignore"):
+                a = np.asarray(t, float_dtype)
+            flat[name] = np.ascontiguousarray(a if np.isfinite(a).all() else np.asarray(t, np.float32))
+    save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    os.chmod(tmp / "model.safetensors", tmp.stat().st_mode & 0o666)  # umask, like the json files
+    files = {
+        "config.json": ckpt.config.to_hf(),
+        "tokenizer_config.json": {"chat_template": ckpt.chat_template, "bos_token": ckpt.bos_token,
+                                  "eos_token": ckpt.eos_token, "add_bos_token": ckpt.add_bos},
+        "generation_config.json": {"bos_token_id": ckpt.bos_token_id, "eos_token_id": list(ckpt.eos_token_ids)},
+    }
+    for fname, obj in files.items():
+        (tmp / fname).write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    ckpt.tokenizer.save(str(tmp / "tokenizer.json"))
+    errs = ckpt.quant_errors
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "group_size": ckpt.group_size, "source": ckpt.source,
+            "quant_error_mean": float(np.mean(list(errs.values()))) if errs else None, "quant_errors": errs,
+            "files": _manifest(tmp)}  # written last: a directory with llmgpu.json is complete
+    (tmp / "llmgpu.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# ---- integrity: a manifest of sizes and hashes -------------------------------------------------
+
+def _sha256(p: Path) -> str:
+    with open(p, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest(d: Path) -> dict:
+    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(d.iterdir()) if p.is_file() and p.name != "llmgpu.json"}
+
+
+def verify_q4_dir(d: Path, meta: dict) -> str | None:
+    """What is wrong with a q4gsw directory's files against the manifest in its ``llmgpu.json``, or
+    None if nothing is.
+
+    Every byte is hashed, not a sample: bytes overwritten in place (same size) are the case to catch,
+    and sha256 with the SHA extensions of current x86 and ARM CPUs reads ~1.5 GB/s (0.06 s for
+    SmolLM2-135M's 95 MB), which also warms the page cache the load reads next. Sizes are compared
+    first, so a truncated file fails without hashing anything.
+    """
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        return "it has no checksums (an older llmgpu wrote it)"
+    for name, want in files.items():
+        p = d / str(name)
+        if Path(str(name)).name != name or not p.is_file():
+            return f"{name} is missing"
+        if not isinstance(want, dict) or p.stat().st_size != want.get("size"):
+            return f"{name} is {p.stat().st_size} bytes, not the {want.get('size')} written"
+    for name, want in files.items():
+        if _sha256(d / name) != want.get("sha256"):
+            return f"{name} does not match the checksum recorded when it was written"
+    return None
+
+
+class DamagedCheckpointError(ValueError):
+    """A q4gsw directory whose files differ from what was written (``problem`` says how)."""
+
+    def __init__(self, d: Path, problem: str):
+        super().__init__(f"{d} is damaged: {problem}; re-create it with llmgpu quantize")
+        self.problem = problem
+
+
+# ---- outputs: never destroy what is not ours, never leave temp dirs ------------------------------
+
+_Q4_FILES = {"llmgpu.json", "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+             "generation_config.json"}
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+STALE_AFTER_S = 300  # a temp dir untouched this long, whose writer's pid is gone, is abandoned
+
+
+def _temp_path(out: Path, kind: str) -> Path:
+    """A hidden sibling of ``out`` whose name carries our pid, so a sweep can tell if we are gone."""
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _source_path(ckpt: Checkpoint) -> Path | None:
+    p = Path(ckpt.source) if ckpt.source else None
+    return p if p is not None and p.is_absolute() and p.exists() else None
+
+
+def check_output_path(out: Path, source: Path | None = None, force: bool = False) -> None:
+    """Raise unless writing a q4gsw directory at ``out`` destroys nothing it should not.
+
+    Refused: ``out`` equal to the source, inside it or containing it; a file; a directory that is not
+    an earlier llmgpu output (anything but the files llmgpu writes); an earlier output without
+    ``force``. An empty directory is fine.
+    """
+    out = Path(out).expanduser().resolve()
+    if source is not None:
+        src = Path(source).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise ValueError(f"the output {out} would overwrite the source {src} (it is the source, inside it "
+                             "or contains it); choose an output path outside it")
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; llmgpu does not replace files, "
+                              "choose a new output path")
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    if not ("llmgpu.json" in names and names <= _Q4_FILES):
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise FileExistsError(f"{out} exists and is not an llmgpu output (it holds {shown}); llmgpu never "
+                              "replaces other files: choose a new output path")
+    if not force:
+        raise FileExistsError(f"{out} holds an earlier llmgpu output; pass --force (force=True) to replace "
+                              "it, or choose a new output path")
+
+
+def sweep_temp_dirs(parent: Path, name: str | None = None) -> None:
+    """Remove the temp dirs that killed writers left in ``parent`` (only those for ``name`` if given).
+
+    Ctrl-C and SIGTERM in the CLI clean up as they go; this covers SIGKILL, power loss and API users.
+    A temp dir goes only if its writer's pid is gone *and* nothing in it changed for
+    :data:`STALE_AFTER_S` (a pid from another container sharing the cache can look gone).
+    """
     try:
-        os.replace(tmp, out)
+        entries = list(os.scandir(parent))
     except OSError:
-        if old is not None and not out.exists():
-            os.replace(old / "d", out)  # put the previous version back
+        return
+    for e in entries:
+        m = _TEMP_NAME.fullmatch(e.name)
+        if m and (name is None or m["name"] == name) and e.is_dir(follow_symlinks=False) \
+                and not _pid_alive(int(m["pid"])) and time.time() - _newest_mtime(Path(e.path)) > STALE_AFTER_S:
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():
+        return True  # (os.kill(pid, 0) would terminate the process on Windows)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _newest_mtime(d: Path) -> float:
+    times = [d.lstat().st_mtime]
+    for root, dirs, files in os.walk(d):
+        times += [os.lstat(os.path.join(root, f)).st_mtime for f in dirs + files]
+    return max(times)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after.
+
+    Whatever interrupts it (an OSError, Ctrl-C, SIGTERM) puts the previous version back."""
+    old = None
+    try:
+        if os.path.lexists(out):
+            old = _temp_path(out, "old")
+            old.mkdir()
+            os.replace(out, old / "d")
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and os.path.lexists(old / "d") and not os.path.lexists(out):
+            os.replace(old / "d", out)
         raise
     finally:
         if old is not None:
@@ -515,9 +772,22 @@ def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT
     path, label = _resolve(source)
     if path.is_dir() and (path / "llmgpu.json").is_file():
         return load_checkpoint(path)  # already q4gsw
+    sweep_temp_dirs(cache_dir())
     target = cache_dir() / _cache_key(label, path, group_size)
-    if not (target / "llmgpu.json").is_file():
-        ckpt = load_checkpoint(path)
-        ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress)
-        save_q4_checkpoint(ckpt, target)
+    if (target / "llmgpu.json").is_file():
+        try:
+            return _load_cache_entry(target)
+        except Exception as e:  # our own files: rebuild them, rather than fail the same way on every run
+            why = e.problem if isinstance(e, DamagedCheckpointError) else str(e)
+            print(f"llmgpu: the cached quantized model {target} is unusable ({why}); rebuilding it from "
+                  f"{label}", file=sys.stderr, flush=True)
+    ckpt = load_checkpoint(path)
+    ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress)
+    save_q4_checkpoint(ckpt, target, force=True)
+    return load_checkpoint(target)
+
+
+def _load_cache_entry(target: Path) -> Checkpoint:
+    if "files" not in _read_json(target / "llmgpu.json"):  # a user's old q4gsw dir still loads; ours must verify
+        raise DamagedCheckpointError(target, "it has no checksums (an older llmgpu wrote it)")
     return load_checkpoint(target)

@@ -18,6 +18,9 @@ how the survivors are weighted, never which tokens survive.
 * repetition penalty (as Hugging Face's and llama.cpp's): for every distinct token among the last
   ``repeat_last_n`` of ``history`` (``None``: all of it), a positive logit is divided by the penalty and a
   negative one multiplied by it; > 1 discourages repeats, < 1 encourages them.
+
+Logits with a NaN or +inf anywhere (or with no finite value) raise :class:`NonFiniteLogitsError` in
+every mode, greedy included, so a broken model stops with an error instead of printing garbage.
 """
 from __future__ import annotations
 
@@ -46,6 +49,25 @@ def apply_repetition_penalty(logits: np.ndarray, history, penalty: float,
     return out
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or +inf logits (or only -inf): there is nothing sound to sample from."""
+
+
+def check_finite(logits: np.ndarray) -> None:
+    """Raise :class:`NonFiniteLogitsError` unless the logits can be sampled from.
+
+    -inf is allowed (a masked token) as long as one logit is finite. One max() over the vocabulary
+    (NaN propagates through it) costs microseconds, next to milliseconds for the forward pass.
+    """
+    top = np.max(logits) if np.size(logits) else np.nan
+    if not np.isfinite(top):
+        what = "NaN" if np.isnan(top) else f"max {top}"
+        raise NonFiniteLogitsError(
+            f"the model's logits are not finite ({what}), so no token can be chosen: the weights are broken "
+            "or the computation overflowed; check the checkpoint (e.g. llmgpu perplexity on a known text), "
+            "re-quantize it, or report it")
+
+
 class Sampler:
     """``sampler(logits, history) -> token id``. Build it with :func:`make_sampler`, which validates.
 
@@ -71,15 +93,13 @@ class Sampler:
     def candidates(self, logits: np.ndarray, history=()) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, probabilities) the next token is drawn from, most likely first."""
         x = apply_repetition_penalty(logits, history, self.repetition_penalty, self.repeat_last_n)
+        check_finite(x)  # before argmax/top-k: both would quietly skip a NaN (or pick it)
         if self.greedy:
             return np.array([int(np.argmax(x))]), np.ones(1)
         k = self.top_k if 0 < self.top_k < x.size else x.size
         idx = np.argpartition(-x, k - 1)[:k] if k < x.size else np.arange(x.size)
         z = x[idx].astype(np.float64)
         top = z.max()
-        if not np.isfinite(top):
-            raise RuntimeError(f"the model's logits are not finite (max {top}); the model or its weights "
-                               "are broken")
         norm = np.exp(z - top).sum()  # softmax over the top-k set
         if self.min_p > 0.0:  # p >= min_p * p_max, in log space; cutting first keeps the sort short
             keep = z >= top + math.log(self.min_p)

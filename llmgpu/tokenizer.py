@@ -128,6 +128,7 @@ def tokenizer_from_gguf(fields: dict) -> Tokenizer:
     Supports ``gpt2`` (byte-level BPE, pre-tokenizers in :data:`GGUF_PRE_TOKENIZERS`) and ``llama``
     (SentencePiece BPE with byte fallback) models. Control tokens become special tokens.
     """
+    check_gguf_tokenizer_fields(fields)
     kind = fields.get("tokenizer.ggml.model")
     tokens = list(fields.get("tokenizer.ggml.tokens") or [])
     if not tokens:
@@ -150,6 +151,41 @@ def tokenizer_from_gguf(fields: dict) -> Tokenizer:
     tok.add_special_tokens(special)
     tok.add_tokens(user)
     return tok
+
+
+def _list_of(kind):
+    return lambda v: isinstance(v, list) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+
+
+# tokenizer.ggml.* key -> (check, what it must be); a wrong type fails here, named, not deep in tokenizers
+_GGUF_TOKENIZER_FIELDS = {
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "pre": (lambda v: isinstance(v, str), "a string"),
+    "tokens": (_list_of(str), "a list of strings"),
+    "token_type": (_list_of(int), "a list of integers"),
+    "scores": (_list_of((int, float)), "a list of numbers"),
+    "merges": (lambda v: _list_of(str)(v) and all(" " in m for m in v), "a list of 'left right' strings"),
+    "unknown_token_id": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a token id"),
+    "add_space_prefix": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_gguf_tokenizer_fields(fields: dict) -> None:
+    """Raise a ValueError naming the first ``tokenizer.ggml.*`` value with a wrong type or length."""
+    n = None
+    for key, (ok, what) in _GGUF_TOKENIZER_FIELDS.items():
+        v = fields.get("tokenizer.ggml." + key)
+        if v is not None and not ok(v):
+            raise ValueError(f"GGUF metadata tokenizer.ggml.{key} must be {what}; the file is damaged or was "
+                             "written by an unsupported converter")
+        if key in ("tokens", "token_type", "scores") and v is not None:
+            if n is not None and len(v) != n:
+                raise ValueError(f"GGUF metadata tokenizer.ggml.{key} has {len(v)} entries for {n} tokens; "
+                                 "the file is damaged")
+            n = len(v)
+    unk = fields.get("tokenizer.ggml.unknown_token_id")
+    if unk is not None and n is not None and unk >= n:
+        raise ValueError(f"GGUF tokenizer.ggml.unknown_token_id {unk} is outside the {n} tokens; the file is damaged")
 
 
 def _byte_level_bpe(fields: dict, vocab: dict) -> Tokenizer:

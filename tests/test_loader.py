@@ -386,7 +386,7 @@ def test_save_is_atomic(tmp_path, rng, tok, monkeypatch):
     before = (tmp_path / "out" / "model.safetensors").read_bytes()
     monkeypatch.setattr(safetensors.numpy, "save_file", broken_save)
     with pytest.raises(OSError):
-        save_q4_checkpoint(q, tmp_path / "out")
+        save_q4_checkpoint(q, tmp_path / "out", force=True)
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == before  # old version intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
 

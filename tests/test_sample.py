@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from llmgpu.sample import Sampler, apply_repetition_penalty, make_sampler
+from llmgpu.sample import NonFiniteLogitsError, Sampler, apply_repetition_penalty, make_sampler
 
 N_DRAWS = 4000
 
@@ -131,11 +131,19 @@ def test_masked_tokens_never_drawn(rng):
     assert not set(got.tolist()) & set(masked.tolist())
 
 
-def test_not_finite_logits_are_an_error(rng):
-    x = logits_for(rng, 10)
-    x[3] = np.nan
-    with pytest.raises(RuntimeError, match="not finite"):
-        make_sampler(seed=0)(x)
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=0, repetition_penalty=1.3),
+                                dict(top_k=2), dict(top_k=0, top_p=1.0, min_p=0.0), dict()])
+@pytest.mark.parametrize("bad", ["nan", "inf", "all -inf"])
+def test_not_finite_logits_are_an_error_in_every_mode(rng, kw, bad):
+    # the NaN sits at the smallest logit: argmax and a top-2 set would both pass over it
+    x = logits_for(rng, 1000)
+    if bad == "all -inf":
+        x[:] = -np.inf
+    else:
+        x[int(np.argmin(x))] = np.nan if bad == "nan" else np.inf
+    with pytest.raises(NonFiniteLogitsError, match="logits are not finite.*check the checkpoint"):
+        make_sampler(seed=0, **kw)(x, history=[1, 2, 3])
+    assert issubclass(NonFiniteLogitsError, RuntimeError)
 
 
 def test_seed_reproduces_draws(rng):
