@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from .config import ModelConfig
-from .defaults import DEFAULT_GROUP_SIZE
+from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE
 from .gpu import Device
 from .loader import Checkpoint
 from .quant import random_q4
@@ -129,9 +129,11 @@ def _bench_model(args, dev):
         from .loader import load_cached_or_quantize
         ckpt = load_cached_or_quantize(args.model or default_model_path(), args.group_size, progress=not args.json)
         label = str(args.model or "default (SmolLM2-135M-Instruct)")
-    model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + 16))
-    if args.p + args.n + 1 > model.max_seq:
-        raise ValueError(f"-p {args.p} + -n {args.n} exceed the context {model.max_seq}; raise --ctx")
+    model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + args.d + 16), decode=args.decode)
+    if getattr(args, "workgroups", 0) and model.kernel is not None:
+        model.kernel.workgroups = args.workgroups
+    if args.p + args.n + args.d + 1 > model.max_seq:
+        raise ValueError(f"-p {args.p} + -n {args.n} + -d {args.d} exceed the context {model.max_seq}; raise --ctx")
     return model, label
 
 
@@ -144,11 +146,11 @@ def _pp(model, p: int, rng) -> float:
     return p / (time.perf_counter() - t0)
 
 
-def _tg(model, n: int, rng) -> float:
-    """Tokens/s of n decode steps after a one-token prompt (each reads its logits back)."""
+def _tg(model, n: int, rng, depth: int = 0) -> float:
+    """Tokens/s of n decode steps after a prompt of depth + 1 tokens (each reads its logits back)."""
     V = model.config.vocab_size
     model.reset()
-    model.prefill([int(rng.integers(V))])
+    model.prefill(rng.integers(0, V, depth + 1).tolist())
     t0 = time.perf_counter()
     for _ in range(n):
         model.decode(int(rng.integers(V)))
@@ -164,13 +166,25 @@ def measure(model, args, bw: float) -> list[dict]:
         mean, sd = _mean_sd([_pp(model, args.p, rng) for _ in range(args.r)])
         rows.append(dict(test=f"pp{args.p}", tps=mean, sd=sd))
     if args.n > 0:
-        _tg(model, 4, rng)
-        mean, sd = _mean_sd([_tg(model, args.n, rng) for _ in range(args.r)])
-        wbytes = decode_bytes(model) + kv_bytes(model, 1 + args.n // 2)
-        rows.append(dict(test=f"tg{args.n}", tps=mean, sd=sd, bytes_per_token=wbytes,
+        _tg(model, 4, rng, args.d)
+        mean, sd = _mean_sd([_tg(model, args.n, rng, args.d) for _ in range(args.r)])
+        wbytes = decode_bytes(model) + kv_bytes(model, args.d + 1 + args.n // 2)
+        name = f"tg{args.n}" + (f" @ d{args.d}" if args.d else "")
+        rows.append(dict(test=name, tps=mean, sd=sd, bytes_per_token=wbytes,
                          gbs=wbytes * mean / 1e9, roofline_pct=100 * wbytes * mean / bw,
-                         encode_ms=encode_seconds(model) * 1e3, dispatches=len(model.step_ops(1, True))))
+                         encode_ms=encode_seconds(model) * 1e3, **step_shape(model)))
     return rows
+
+
+def step_shape(model) -> dict:
+    """How a decode step reaches the GPU: dispatches, phases (kernel phases, or dispatches on the
+    per-op path) and grid barriers per token, and the schedule."""
+    n = len(model.step_ops(1, True))
+    if model.kernel is None or model.decode_schedule == "ops":
+        return dict(schedule="ops", dispatches=n, phases=n, barriers=0)
+    p = model.kernel.n_phases
+    return dict(schedule=model.decode_schedule, dispatches=n, phases=p,
+                barriers=p - 1 if model.decode_schedule == "persistent" else 0)
 
 
 def run(args) -> int:
@@ -199,7 +213,8 @@ def run(args) -> int:
 def _print_csv(rows, label, adapter) -> None:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
-                                         "roofline_pct", "encode_ms", "dispatches"])
+                                         "roofline_pct", "encode_ms", "schedule", "dispatches", "phases",
+                                         "barriers"])
     w.writeheader()
     for r in rows:
         w.writerow({"model": label, "adapter": adapter, **r})
@@ -208,14 +223,15 @@ def _print_csv(rows, label, adapter) -> None:
 
 def _print_table(rows, label, adapter, bw, group_size, prof) -> None:
     print(f"adapter: {adapter}   streaming read: {bw / 1e9:.1f} GB/s   q4gsw group {group_size}")
-    print(f"| {'model':<28} | {'test':>6} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
-          f"| {'enc ms/tok':>10} | {'disp/tok':>8} |")
-    print(f"|{'-' * 30}|{'-' * 8}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 10}|")
+    print(f"| {'model':<28} | {'test':>12} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
+          f"| {'enc ms/tok':>10} | {'schedule':>10} | {'disp/tok':>8} | {'phases':>6} | {'barriers':>8} |")
+    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|{'-' * 10}"
+          f"|{'-' * 8}|{'-' * 10}|")
     for r in rows:
         extra = (f"{r['bytes_per_token'] / 1e6:>8.1f} | {r['gbs']:>7.1f} | {r['roofline_pct']:>5.1f}% | "
-                 f"{r['encode_ms']:>10.2f} | {r['dispatches']:>8}" if "gbs" in r else
-                 f"{'':>8} | {'':>7} | {'':>6} | {'':>10} | {'':>8}")
-        print(f"| {label[:28]:<28} | {r['test']:>6} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
+                 f"{r['encode_ms']:>10.2f} | {r['schedule']:>10} | {r['dispatches']:>8} | {r['phases']:>6} | "
+                 f"{r['barriers']:>8}" if "gbs" in r else " | ".join(f"{'':>{w}}" for w in (8, 7, 6, 10, 10, 8, 6, 8)))
+        print(f"| {label[:28]:<28} | {r['test']:>12} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
     if prof:
         total = sum(s for _, s, _ in prof)
         print(f"\nGPU time of one decode step by kernel (timestamp queries), total {total * 1e6:.0f} us:")
@@ -247,7 +263,10 @@ def add_arguments(p) -> None:
     p.add_argument("-p", type=int, default=512, help="prompt tokens for the pp test (0 skips it)")
     p.add_argument("-n", type=int, default=128, help="generated tokens for the tg test (0 skips it)")
     p.add_argument("-r", type=int, default=5, help="repetitions")
-    p.add_argument("--ctx", type=int, default=0, help="context (KV cache) size; default p + n + 16")
+    p.add_argument("--ctx", type=int, default=0, help="context (KV cache) size; default p + n + d + 16")
+    p.add_argument("-d", type=int, default=0, help="depth: tg runs after a prompt of this many tokens (llama-bench's -d)")
+    p.add_argument("--decode", default="auto", choices=DECODE_SCHEDULES, help="decode schedule (see `generate --help`)")
+    p.add_argument("--workgroups", type=int, default=0, help="workgroups of the decode kernel (default: by adapter)")
     p.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step")
     p.add_argument("--profile-png", help="also draw the profile as a PNG chart (needs matplotlib)")

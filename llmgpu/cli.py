@@ -10,7 +10,7 @@ import threading
 import traceback
 
 from . import checks
-from .defaults import DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
+from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
 from .quant import GROUP_SIZES
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
                      DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
@@ -66,6 +66,10 @@ def _add_model_args(p, ctx_default=DEFAULT_MAX_SEQ):
                    help=f"context size in tokens (KV-cache capacity; default {ctx_default})")
     p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
                    help="q4gsw group size when quantizing a float checkpoint (default 32)")
+    p.add_argument("--decode", default="auto", choices=DECODE_SCHEDULES,
+                   help="how a decode step runs: ops (a dispatch per op), phased (the decode kernel, a "
+                        "dispatch per phase), persistent (one dispatch per token, grid barriers; GPUs "
+                        "only), auto (persistent where it runs, else ops; the default)")
 
 
 def _add_sampling_args(p, max_tokens):
@@ -117,7 +121,7 @@ def _check_ctx(args):
 def _load(args, progress=True):
     from .model import Model
     model = Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
-                       progress=progress, dump_wgsl=args.dump_wgsl)
+                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode)
     if model.max_seq < args.ctx:  # the model's own limit (max_position_embeddings) wins
         _err(f"llmgpu: note: --ctx {args.ctx} is more than this model's context of {model.max_seq} tokens; "
              f"using {model.max_seq}")

@@ -21,7 +21,7 @@ STORAGE = BU.STORAGE | BU.COPY_DST | BU.COPY_SRC
 UNIFORM = BU.UNIFORM | BU.COPY_DST
 
 # The features we use when the adapter has them; each has a fallback.
-WANTED_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
+WANTED_FEATURES = ("shader-f16", "subgroup", "timestamp-query", "memory-decoration-coherent")
 # The limits we raise to the adapter's own values (wgpu's defaults are far lower).
 WANTED_LIMITS = (
     "max-storage-buffer-binding-size",
@@ -106,7 +106,7 @@ def preprocess(src: str, consts: dict) -> tuple[str, set]:
 
 
 _OVERRIDE = re.compile(r"^\s*override\s+(\w+)", re.M)
-_BINDING = re.compile(r"@group\(0\)\s*@binding\((\d+)\)\s*var<(\w+)(?:,\s*(\w+))?>\s+(\w+)")
+_BINDING = re.compile(r"@group\(0\)\s*@binding\((\d+)\)\s*(?:@\w+\s+)*var<(\w+)(?:,\s*(\w+))?>\s+(\w+)")
 
 
 def parse_bindings(code: str) -> dict[str, tuple[int, str]]:
@@ -145,11 +145,13 @@ class Device:
     """
 
     def __init__(self, adapter: str | None = None, *, f16: bool | None = None,
-                 subgroups: bool | None = None, timestamps: bool | None = None, verbose: bool = False,
+                 subgroups: bool | None = None, timestamps: bool | None = None, coherent: bool | None = None,
+                 verbose: bool = False,
                  dump_wgsl: str | None = None):
         self.adapter = choose_adapter(adapter)
         have = set(self.adapter.features)
-        want = {"shader-f16": f16, "subgroup": subgroups, "timestamp-query": timestamps}
+        want = {"shader-f16": f16, "subgroup": subgroups, "timestamp-query": timestamps,
+                "memory-decoration-coherent": coherent}
         feats = [f for f in WANTED_FEATURES if f in have and want[f] is not False]
         for f, w in want.items():
             if w and f not in have:
@@ -162,6 +164,9 @@ class Device:
         self.has_f16 = "shader-f16" in self.features
         self.has_subgroups = "subgroup" in self.features
         self.has_timestamps = "timestamp-query" in self.features
+        # @coherent storage: what one workgroup stores is seen by others after a grid barrier
+        # inside one dispatch (the persistent decode kernel needs it; decode.wgsl)
+        self.has_coherent = "memory-decoration-coherent" in self.features
         lim = self.device.limits
         self.max_binding = int(lim["max-storage-buffer-binding-size"])
         self.max_buffer = int(lim["max-buffer-size"])

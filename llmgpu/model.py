@@ -16,6 +16,7 @@ holds (`Model.kv.ids`), so generation can reuse a shared prefix.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import wgpu
 
 from . import fastpath, ops
 from .config import ModelConfig, rope_inv_freq
-from .defaults import DEFAULT_CHUNK, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
+from .defaults import DECODE_SCHEDULES, DEFAULT_CHUNK, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
 from .gpu import UNIFORM, Device
 from .loader import Checkpoint
 from .ops import Heads, Op, Q4Linear, Q8Act
@@ -132,8 +133,19 @@ class KVCache:
         self.heads = heads
         self.max_seq = heads.max_seq
         size = heads.cache_bytes(dev.act_type)
-        self.k = [dev.buffer(size=size, label=f"L{i}.k_cache") for i in range(n_layers)]  # (max_seq, n_kv, hd)
-        self.v = [dev.buffer(size=size, label=f"L{i}.v_cache") for i in range(n_layers)]  # (max_seq, n_kv, hd)
+        # Layers stacked in one buffer each for keys and values where that fits one binding (the
+        # decode kernel reads every layer's cache in one dispatch), each layer at a 256-byte aligned
+        # stride so the ops can bind it alone; else one buffer per layer.
+        self.stride = -(-size // 256) * 256
+        self.stacked = n_layers * self.stride <= dev.max_binding
+        if self.stacked:
+            kb = dev.buffer(size=n_layers * self.stride, label="k_cache")  # (layers, stride) of (max_seq, n_kv, hd)
+            vb = dev.buffer(size=n_layers * self.stride, label="v_cache")
+            self.k = [(kb, i * self.stride, size) for i in range(n_layers)]
+            self.v = [(vb, i * self.stride, size) for i in range(n_layers)]
+        else:
+            self.k = [dev.buffer(size=size, label=f"L{i}.k_cache") for i in range(n_layers)]  # (max_seq, n_kv, hd)
+            self.v = [dev.buffer(size=size, label=f"L{i}.v_cache") for i in range(n_layers)]
         self.ids: list[int] = []
 
     @property
@@ -200,10 +212,13 @@ class Model:
     """A decoder-only transformer (llama / mistral / qwen2 / qwen3) resident on one GPU device."""
 
     def __init__(self, ckpt: Checkpoint, *, dev: Device | None = None, max_seq: int = DEFAULT_MAX_SEQ,
-                 chunk: int = DEFAULT_CHUNK, q8: bool = True, head_q8: bool = False):
+                 chunk: int = DEFAULT_CHUNK, q8: bool = True, head_q8: bool = False, decode: str = "auto"):
         """q8: decode's layer GEMVs take int8 activations (fast; ~1 % logit noise).
         head_q8: so does lm_head. Off by default: greedy picks between near-tied logits (on
-        SmolLM2, 25.25 vs 25.33 for the first answer token) and int8 noise flips them."""
+        SmolLM2, 25.25 vs 25.33 for the first answer token) and int8 noise flips them.
+        decode: how a decode step runs (DECODE_SCHEDULES): "ops" (one dispatch per op, this file),
+        "phased" / "persistent" (the decode kernel, llmgpu/decode.py: one dispatch per phase, or one
+        per token with grid barriers), "auto" (persistent on a GPU where it can run, else ops)."""
         self.ckpt = ckpt
         self.config = cfg = ckpt.config
         check_dims(cfg)
@@ -224,11 +239,13 @@ class Model:
         self.kv = KVCache(dev, cfg.num_hidden_layers, self.heads)
         self.buf = Scratch.allocate(dev, cfg, self.heads, self.chunk)
         self.step = dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="step", binding=False)  # pos0
-        self.staging = dev.device.create_buffer(size=cfg.vocab_size * F32, label="logits.staging",  # (V,) f32
+        self.staging = dev.device.create_buffer(size=cfg.vocab_size * F32 + 16, label="logits.staging",  # (V,) f32 + flags
                                                 usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
         self._steps: dict = {}  # (M, head) -> (ops, raw handles)
         self._row_heads: dict = {}  # (row, out_row) -> final norm + lm_head of one row
         self._next_decode = None  # a decode step's command buffer, recorded ahead
+        self.kernel = None  # the decode kernel (llmgpu/decode.py), when the schedule uses it
+        self.decode_schedule = self._choose_schedule(decode)
 
     @classmethod
     def load(cls, source=None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
@@ -313,6 +330,8 @@ class Model:
         return self._step(M, head)[0]
 
     def _step(self, M: int, head: bool):
+        if M == 1 and head and self.kernel is not None:
+            return self.kernel.ops(self.decode_schedule), None
         key = (M, head)
         if key not in self._steps:
             layer = self.decode_layer if M == 1 else lambda i: self.prefill_layer(i, M)
@@ -326,6 +345,27 @@ class Model:
             self._steps[key] = (step, fastpath.compile_ops(step))
         return self._steps[key]
 
+    def _choose_schedule(self, decode: str) -> str:
+        from .decode import DecodeKernel
+        if decode not in DECODE_SCHEDULES:
+            raise ValueError(f"decode schedule {decode!r} is not one of {', '.join(DECODE_SCHEDULES)}")
+        why = DecodeKernel.unsupported(self)
+        if decode == "auto":
+            use = not self.dev.is_cpu and self.dev.has_coherent and why is None
+            decode = "persistent" if use else "ops"
+        if decode == "ops":
+            return decode
+        if why:
+            raise ValueError(f"--decode {decode}: {why}; use --decode ops")
+        if decode == "persistent" and not self.dev.has_coherent:
+            raise ValueError(f"--decode persistent needs the memory-decoration-coherent feature, which "
+                             f"{self.dev.name} lacks; use --decode phased")
+        if decode == "persistent" and self.dev.is_cpu:  # seen on lavapipe: spins that pass early
+            raise ValueError(f"--decode persistent needs workgroups that run at the same time, which a CPU "
+                             f"adapter ({self.dev.name}) does not give; use --decode phased")
+        self.kernel = DecodeKernel(self)
+        return decode
+
     # ---- running steps --------------------------------------------------------------------
     def reset(self) -> None:
         self.kv.truncate(0)
@@ -336,8 +376,12 @@ class Model:
     def _record(self, M: int, head: bool):
         step, raw = self._step(M, head)
 
+        V = self.config.vocab_size
+
         def copy_logits(enc):  # the logits row goes straight to a mappable buffer, same submission
-            enc.copy_buffer_to_buffer(self.buf.logits, 0, self.staging, 0, self.config.vocab_size * F32)
+            enc.copy_buffer_to_buffer(self.buf.logits, 0, self.staging, 0, V * F32)
+            if M == 1 and self.kernel is not None:  # and the decode kernel's flags
+                enc.copy_buffer_to_buffer(self.kernel.sync, 0, self.staging, V * F32, 16)
         return ops.encode(self.dev, step, raw, copy_logits if head else None)
 
     def _run(self, ids: list[int], head: bool) -> None:
@@ -345,6 +389,8 @@ class Model:
         self.dev.write(self.buf.ids, np.asarray(ids, np.uint32))
         self.dev.write(self.step, np.array([self.kv.pos, 0, 0, 0], np.uint32))
         decode = M == 1 and head
+        if decode and self.kernel is not None:
+            self.kernel.prepare(self.kv.pos, ids[0])
         cmd = self._next_decode if decode and self._next_decode is not None else self._record(M, head)
         self.dev.queue.submit([cmd])
         self._next_decode = None
@@ -353,13 +399,27 @@ class Model:
             self._next_decode = self._record(1, True)
 
     def _read_staged(self) -> np.ndarray:
-        """The logits (V,) that the last step with head=True copied into self.staging."""
+        """The logits (V,) that the last step with head=True copied into self.staging. If that step
+        ran the persistent decode kernel and one of its grid barriers gave up (workgroups that were
+        not resident together), the step runs again on the phased schedule, which every later step
+        keeps; one line on stderr says so."""
         V = self.config.vocab_size
         self.staging.map_sync(wgpu.MapMode.READ)
         try:
-            return np.frombuffer(self.staging.read_mapped(0, V * F32), np.float32).copy()
+            raw = self.staging.read_mapped(0, V * F32 + 16)
+            logits = np.frombuffer(raw, np.float32, V).copy()
+            sync = np.frombuffer(raw, np.uint32, 4, V * F32)
         finally:
             self.staging.unmap()
+        if self.decode_schedule == "persistent" and not self.kernel.barriers_held(sync):
+            print(f"llmgpu: the persistent decode kernel's grid barrier timed out on {self.dev.name}; "
+                  f"decoding on the phased schedule from now on", file=sys.stderr)
+            self.decode_schedule, self._next_decode = "phased", None
+            token = self.kv.ids[-1]
+            self.kv.truncate(self.kv.pos - 1)
+            self._run([token], head=True)
+            return self._read_staged()
+        return logits
 
     def _checked(self, ids) -> list[int]:
         ids = [int(i) for i in ids]

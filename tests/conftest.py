@@ -29,11 +29,11 @@ def pytest_runtest_makereport(item, call):
 _devices = {}
 
 
-def get_device(f16=None, subgroups=None):
+def get_device(f16=None, subgroups=None, coherent=None):
     from llmgpu.gpu import Device
-    key = (f16, subgroups)
+    key = (f16, subgroups, coherent)
     if key not in _devices:
-        _devices[key] = Device(f16=f16, subgroups=subgroups)
+        _devices[key] = Device(f16=f16, subgroups=subgroups, coherent=coherent)
     return _devices[key]
 
 

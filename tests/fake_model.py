@@ -71,7 +71,8 @@ class FakeModel:
         self._k = 0
 
     @classmethod
-    def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True, dump_wgsl=None):
+    def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True, dump_wgsl=None,
+             decode="auto"):
         cls.loads.append(dict(source=source, group_size=group_size, max_seq=max_seq, adapter=adapter,
                               progress=progress))
         if source not in (None, "fake", "fake-no-template", "fake-flat"):

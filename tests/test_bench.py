@@ -1,6 +1,7 @@
 """`llmgpu bench` and `llmgpu bench kernels` on lavapipe (CI): the commands run, their output
 parses and carries its fields, errors are one clear line. No speed is asserted here."""
 import json
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,7 @@ def test_bench_table_csv_and_profile(capsys):
                      "--stream-bytes", str(8 << 20))
     assert rc == 0
     lines = out.splitlines()
-    assert any("|    pp8 |" in ln for ln in lines) and any("|    tg2 |" in ln for ln in lines)
+    assert any(re.search(r"\|\s+pp8 \|", ln) for ln in lines) and any(re.search(r"\|\s+tg2 \|", ln) for ln in lines)
     assert "GPU time of one decode step by kernel" in out and "q4gsw_gemv:main" in out
     rc, out, _ = run(capsys, "bench", "--shape", "tiny", "-p", "8", "-n", "2", "-r", "1", "--csv",
                      "--stream-bytes", str(8 << 20))
@@ -84,3 +85,14 @@ def test_random_checkpoint_has_the_preset_dimensions():
     s = get_shape("tiny")
     assert ck.config.hidden_size == s["hidden_size"] and ck.config.num_hidden_layers == s["num_hidden_layers"]
     assert ck.tensors["model.layers.1.mlp.down_proj.weight"].shape == (s["hidden_size"], s["intermediate_size"])
+
+
+def test_bench_depth_and_decode_schedule(capsys):
+    """-d N decodes after a prompt of N tokens; the row says how the step ran: the decode kernel's
+    phased schedule is 5 phases a layer and the head, each its own dispatch."""
+    rc, out, _ = run(capsys, "bench", "--shape", "tiny", "-p", "0", "-n", "2", "-d", "5", "-r", "1", "--json",
+                     "--decode", "phased", "--stream-bytes", str(8 << 20))
+    assert rc == 0
+    (row,) = json.loads(out)["rows"]
+    assert row["test"] == "tg2 @ d5" and row["schedule"] == "phased"
+    assert row["phases"] == row["dispatches"] == 5 * 2 + 1 and row["barriers"] == 0

@@ -300,9 +300,9 @@ PLANTED = [  # (check, shader, correct text, broken text)
     (check_attention_decode, "reduce", "t = max(t, red[i]);", "t = min(t, red[i]);"),  # a broken max
     (check_silu_mul, "silu_mul", "gu[i + 8u]", "gu[i + 4u]"),  # up read from the gate block
     (check_quantize_q8, "q8_common", "id = 127.0 / amax;", "id = 126.0 / amax;"),  # wrong int8 scale
-    (check_linear, "q4gsw_gemv", "let m = 0x00780000u;", "let m = 0x00700000u;"),  # a nibble bit lost
+    (check_linear, "q4_dot", "let m = 0x00780000u;", "let m = 0x00700000u;"),  # a nibble bit lost
     (check_linear, "q4gsw_gemm", "let o24 = bitcast<f32>(r.z) - 24.0 * s;", "let o24 = bitcast<f32>(r.z) - 23.0 * s;"),
-    (check_linear_q8, "q4gsw_gemv", "dot4I8Packed((q.x >> 4u) & m, xa.y)", "dot4I8Packed((q.x >> 3u) & m, xa.y)"),
+    (check_linear_q8, "q4_dot", "dot4I8Packed((q.x >> 4u) & m, xa.y)", "dot4I8Packed((q.x >> 3u) & m, xa.y)"),
 ]
 
 

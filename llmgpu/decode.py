@@ -1,0 +1,209 @@
+"""Decode as one kernel: every layer and the head as phases of shaders/decode.wgsl.
+
+Two schedules run the same phase code:
+
+* ``persistent``: one dispatch per token; a grid barrier (atomic counter, bounded spin) between
+  phases. Needs every workgroup resident at once, so it launches no more than a discovery run
+  found resident (`resident_workgroups`), and `@coherent` storage for what crosses a barrier.
+  If a barrier's spin runs out, the kernel sets an error flag and leaves; the model reruns the
+  step on the phased schedule and says so once on stderr.
+* ``phased``: one dispatch per phase; the dispatch boundary is the barrier. Runs on any adapter
+  (lavapipe in CI), which is how the tests check the very code the persistent schedule runs.
+
+The kernel reads the weights stacked over layers (one buffer per projection kind), so a model
+that uses it holds its q4gsw weights twice on the GPU (the per-layer copies serve prefill).
+`DecodeKernel.unsupported(model)` says why a model cannot use it (then decode stays on the
+per-op dispatches of `Model.decode_layer`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .gpu import UNIFORM
+from .model import _cat_rows, _interleave32
+from .ops import Op
+from .quant import Q4Tensor, Q8Tensor
+
+PHASES_PER_LAYER = 5
+WG, TPR = 256, 32
+MAX_WEIGHTS = 2048  # combine weights in workgroup memory: n_heads · blocks
+
+
+def phases(n_layers: int) -> int:
+    """Phases of one decode step: five per layer and the head."""
+    return PHASES_PER_LAYER * n_layers + 1
+
+
+def _block(max_seq: int, n_heads: int) -> int:
+    """Attention positions per unit: 128, or more where n_heads · blocks would not fit."""
+    b = 128
+    while n_heads * -(-max_seq // b) > MAX_WEIGHTS:
+        b *= 2
+    return b
+
+
+def _stack(T: dict, names: list[list[str]], fuse=None) -> Q4Tensor:
+    """Each layer's weight (rows of several tensors fused, optionally reordered) stacked along rows."""
+    parts = []
+    for group in names:
+        t = _cat_rows([T[n] for n in group])
+        parts.append(fuse(t) if fuse else t)
+    return _cat_rows(parts)
+
+
+class DecodeKernel:
+    """decode.wgsl for one model: its stacked weights, scratch, pipelines and recorded ops."""
+
+    @staticmethod
+    def unsupported(model) -> str | None:
+        """Why this model cannot use the decode kernel (None: it can)."""
+        cfg, dev, T = model.config, model.dev, model.ckpt.tensors
+        if not model.q8:
+            return "the decode kernel takes int8 activations (q8=True)"
+        if not model.kv.stacked:
+            return "the KV cache does not fit one storage binding"
+        if model.embedding.t1 is not None:
+            return "the embedding table does not fit one storage binding"
+        if cfg.num_attention_heads * cfg.head_dim % 32 or cfg.head_dim > 256 or cfg.head_dim % 4:
+            return "the attention width is not a multiple of 32 (or head_dim > 256)"
+        if not isinstance(T["lm_head.weight"], (Q4Tensor, Q8Tensor)):
+            return "lm_head is not quantized"
+        sizes = {t.group_size for n, t in T.items() if isinstance(t, Q4Tensor) and n != "lm_head.weight"}
+        if len(sizes) != 1:
+            return f"the layers' weights use several group sizes {sorted(sizes)}"
+        need = 2 * cfg.num_hidden_layers * cfg.intermediate_size * cfg.hidden_size // 2
+        if need > dev.max_binding:
+            return "the stacked gate/up weights exceed one storage binding"
+        if max(cfg.hidden_size, cfg.intermediate_size) + 4 * cfg.hidden_size + 8 * 1024 > dev.max_workgroup_storage:
+            return "its activations do not fit the adapter's workgroup memory"
+        return None
+
+    def __init__(self, model, workgroups: int | None = None):
+        why = self.unsupported(model)
+        if why:
+            raise ValueError(f"the decode kernel cannot run this model: {why}")
+        self.model, self.dev = model, model.dev
+        cfg = model.config
+        self.n_phases = phases(cfg.num_hidden_layers)
+        self.block = _block(model.max_seq, cfg.num_attention_heads)
+        self._upload_weights()
+        self._allocate_scratch()
+        self.step = self.dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="decode.step", binding=False)
+        # Workgroups per dispatch. A CPU adapter runs them one after another, each at a fixed cost
+        # (~0.5 ms on lavapipe), so few; a GPU two per SM of an H100/H200 (a persistent launch must
+        # not exceed what is resident: more would trip the barrier, which falls back to phased).
+        self.workgroups = workgroups or (4 if self.dev.is_cpu else 264)
+        self.spin = 200_000  # iterations a grid barrier waits before it gives up (0: at once, for tests)
+        self._grid = 0
+        self._ops: dict = {}
+
+    # ---- buffers ------------------------------------------------------------------------
+    def _upload_weights(self) -> None:
+        T, cfg, dev = self.model.ckpt.tensors, self.model.config, self.dev
+        L = cfg.num_hidden_layers
+        a = [f"model.layers.{i}.self_attn." for i in range(L)]
+        m = [f"model.layers.{i}.mlp." for i in range(L)]
+        kinds = {"qkv": _stack(T, [[p + "q_proj.weight", p + "k_proj.weight", p + "v_proj.weight"] for p in a]),
+                 "o": _stack(T, [[p + "o_proj.weight"] for p in a]),
+                 "gu": _stack(T, [[p + "gate_proj.weight", p + "up_proj.weight"] for p in m], _interleave32),
+                 "dn": _stack(T, [[p + "down_proj.weight"] for p in m])}
+        self.group_size = kinds["qkv"].group_size
+        self.has_offsets = any(t.offsets is not None for t in kinds.values())
+        self.w: dict = {}
+        for k, t in kinds.items():
+            self.w[f"w_{k}"] = dev.buffer(t.qweight, label=f"decode.w_{k}")
+            self.w[f"s_{k}"] = dev.buffer(t.scales.astype(dev.act_dtype), label=f"decode.s_{k}")
+            if self.has_offsets:
+                off = t.offsets if t.offsets is not None else np.zeros(t.scales.shape, np.float32)
+                self.w[f"o_{k}"] = dev.buffer(off, label=f"decode.o_{k}")
+        self._upload_biases(T, a)
+        head = T["lm_head.weight"]
+        self.head_w8 = isinstance(head, Q8Tensor)
+        self.head_offsets = not self.head_w8 and head.offsets is not None
+        self.w["w_hd"] = dev.buffer(head.qweight, label="decode.w_hd")
+        self.w["s_hd"] = dev.buffer(head.scales.astype(dev.act_dtype), label="decode.s_hd")
+        if self.head_offsets:
+            self.w["o_hd"] = dev.buffer(head.offsets, label="decode.o_hd")
+        if not self.head_w8 and head.group_size != self.group_size:
+            raise ValueError("the decode kernel needs lm_head in the layers' group size")
+        norms = [T[f"model.layers.{i}.input_layernorm.weight"] for i in range(L)]
+        norms += [T[f"model.layers.{i}.post_attention_layernorm.weight"] for i in range(L)]
+        norms += [T["model.norm.weight"]]
+        if cfg.qk_norm:
+            norms += [T[p + "q_norm.weight"] for p in a] + [T[p + "k_norm.weight"] for p in a]
+        self.w["nrm"] = dev.buffer(np.concatenate([np.asarray(n, np.float32).ravel() for n in norms]),
+                                   label="decode.norms")
+
+    def _upload_biases(self, T: dict, a: list[str]) -> None:
+        cfg, dev = self.model.config, self.dev
+        kv, q = cfg.kv_dim, cfg.q_dim
+
+        def stacked(names, sizes):
+            return np.concatenate([np.asarray(T[n], np.float32) if n in T else np.zeros(s, np.float32)
+                                   for n, s in zip(names, sizes)])
+        self.qkv_bias = any(p + "q_proj.bias" in T for p in a)
+        self.o_bias = any(p + "o_proj.bias" in T for p in a)
+        if self.qkv_bias:
+            names = [p + n + ".bias" for p in a for n in ("q_proj", "k_proj", "v_proj")]
+            self.w["b_qkv"] = dev.buffer(stacked(names, [q, kv, kv] * len(a)), label="decode.b_qkv")
+        if self.o_bias:
+            self.w["b_o"] = dev.buffer(stacked([p + "o_proj.bias" for p in a], [cfg.hidden_size] * len(a)),
+                                       label="decode.b_o")
+
+    def _allocate_scratch(self) -> None:
+        cfg, dev, m = self.model.config, self.dev, self.model
+        nb_max = -(-m.max_seq // self.block)
+        f32 = lambda n, label: dev.buffer(size=4 * n, label=label)  # noqa: E731
+        self.scratch = {
+            "h": f32(cfg.hidden_size, "decode.h"),  # (d,) the residual stream
+            "qkv": f32(m.heads.qkv_dim, "decode.qkv"),  # (qkv_dim,)
+            "part": f32(cfg.num_attention_heads * nb_max * (cfg.head_dim + 2), "decode.part"),  # (heads, blocks, hd+2)
+            "aq": dev.buffer(size=cfg.intermediate_size, label="decode.aq"),  # (ff,) int8
+            "ad": dev.buffer(size=cfg.intermediate_size // 32 * 8, label="decode.ad"),  # (ff/32,) vec2<f32>
+        }
+        self.sync = dev.buffer(size=16, label="decode.sync")  # counter, error flag, discovery words
+
+    # ---- pipelines and ops --------------------------------------------------------------
+    def consts(self, persistent: bool) -> dict:
+        cfg, m, dev = self.model.config, self.model, self.dev
+        widest = max(cfg.hidden_size, cfg.intermediate_size, cfg.q_dim)
+        return dict(WG=WG, TPR=TPR, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,
+                    NKV=cfg.num_key_value_heads, HD=cfg.head_dim, V=cfg.vocab_size, NL=cfg.num_hidden_layers,
+                    MAXSEQ=m.max_seq, GS=self.group_size, EPS=float(cfg.rms_norm_eps), BLOCK=self.block,
+                    CSTRIDE=m.kv.stride // (4 * np.dtype(dev.act_dtype).itemsize), XS4=widest // 16, XD=widest // 32,
+                    PERSISTENT=persistent, COHERENT=dev.has_coherent, SUBGROUPS=dev.has_subgroups,
+                    HAS_OFFSETS=self.has_offsets, QKV_BIAS=self.qkv_bias, O_BIAS=self.o_bias, QK_NORM=cfg.qk_norm,
+                    HEAD_W8=self.head_w8, HEAD_OFFSETS=self.head_offsets, SPIN=self.spin)
+
+    def _op(self, persistent: bool, first: int, last: int, workgroups: int) -> Op:
+        m, dev = self.model, self.dev
+        pipe = dev.pipeline("decode", consts=self.consts(persistent),
+                            types={"act_t": dev.act_type, "cache_t": dev.act_type, "emb_t": m.embedding.dtype})
+        rng = dev.uniform([first, last], label="decode.range")
+        binds = {**self.w, **self.scratch, "S": self.step, "emb": m.embedding.t0, "cs": m.rope,
+                 "kc": m.kv.k[0][0], "vc": m.kv.v[0][0], "logits": m.buf.logits, "sync": self.sync}
+        op = Op(pipe, dev.bind_group(pipe, {"R": rng, **binds}), (workgroups, 1, 1), keep=[rng])
+        return op
+
+    def ops(self, schedule: str) -> list[Op]:
+        """The dispatches of one step: one (persistent) or one per phase (phased)."""
+        if schedule not in self._ops:
+            if schedule == "persistent":
+                self._grid = self.workgroups
+                self._ops[schedule] = [self._op(True, 0, self.n_phases, self.workgroups)]
+            elif schedule == "phased":
+                self._ops[schedule] = [self._op(False, p, p + 1, self.workgroups) for p in range(self.n_phases)]
+            else:
+                raise ValueError(f"unknown decode schedule {schedule!r}")
+        return self._ops[schedule]
+
+    def barriers_held(self, sync: np.ndarray) -> bool:
+        """After a persistent step: no spin ran out, and every workgroup passed every barrier (the
+        counter is exact; on lavapipe a spin was seen to end early without either)."""
+        return sync[1] == 0 and sync[0] == (self.n_phases - 1) * self._grid
+
+    def prepare(self, pos: int, token: int) -> None:
+        """Before a step: this token, its position, the attention blocks, and a zeroed barrier counter."""
+        nb = pos // self.block + 1
+        self.dev.write(self.step, np.array([pos, token, nb, 0], np.uint32))
+        self.dev.write(self.sync, np.zeros(4, np.uint32))

@@ -1,0 +1,128 @@
+"""The decode kernel (shaders/decode.wgsl, llmgpu/decode.py) on lavapipe: the phased schedule runs
+the very phase code the persistent one runs on a GPU, so it is checked here against transformers on
+every architecture, against the per-op decode path, at contexts that span several attention
+blocks, with per-group offsets and both lm_head formats; and the persistent schedule's fallback
+(lavapipe has no co-resident workgroups, so its grid barrier must give up) is forced."""
+import numpy as np
+import pytest
+
+from llmgpu.bench import random_checkpoint
+from llmgpu.decode import DecodeKernel, phases
+from llmgpu.model import Model
+from llmgpu.quant import Q4Tensor, random_q4
+
+from .conftest import get_device
+from .test_model import ARCHS, BASE, make_checkpoint, reference_logits, rel
+
+
+def decode_run(m, ids, n_prefill):
+    return np.stack([m.prefill(ids[:n_prefill])] + [m.decode(t) for t in ids[n_prefill:]])
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_phased_kernel_matches_transformers_and_the_ops_path(tmp_path, rng, arch):
+    ckpt, hf_cfg = make_checkpoint(tmp_path, arch, rng)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 23)]
+    ref = reference_logits(ckpt, hf_cfg, ids)[12:]
+    dev = get_device()
+    got = decode_run(Model(ckpt, dev=dev, max_seq=64, chunk=8, decode="phased"), ids, 13)
+    ops = decode_run(Model(ckpt, dev=dev, max_seq=64, chunk=8, decode="ops"), ids, 13)
+    assert rel(got, ref) < 0.1, f"phased decode vs transformers: {rel(got, ref):.2e}"  # the int8 path's bound
+    assert rel(got, ops) < 1e-4, f"phased decode vs the per-op path: {rel(got, ops):.2e}"
+
+
+def test_long_context_spans_attention_blocks(tmp_path, rng):
+    """300 positions: decode steps at 290-299 combine three blocks of 128 positions."""
+    ckpt, hf_cfg = make_checkpoint(tmp_path, "qwen3", rng, max_position_embeddings=512)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 300)]
+    ref = reference_logits(ckpt, hf_cfg, ids)[289:]
+    m = Model(ckpt, dev=get_device(), max_seq=320, chunk=128, decode="phased")
+    assert m.kernel.block == 128
+    got = decode_run(m, ids, 290)
+    assert rel(got, ref) < 0.1
+    ops = decode_run(Model(ckpt, dev=get_device(), max_seq=320, chunk=128, decode="ops"), ids, 290)
+    assert rel(got, ops) < 1e-4
+
+
+def offsets_checkpoint(rng):
+    """The tiny shape with asymmetric (Q4_1-style) weights everywhere: per-group offsets."""
+    ckpt = random_checkpoint("tiny", rng=rng)
+    for name, t in list(ckpt.tensors.items()):
+        if isinstance(t, Q4Tensor):
+            ckpt.tensors[name] = random_q4(*t.shape, t.group_size, rng, offsets=True)
+    return ckpt
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["f16-subgroups", "f32-shared-memory"])
+def test_offsets_and_a_q4_lm_head_on_both_device_paths(rng, fast):
+    ckpt = offsets_checkpoint(rng)
+    assert isinstance(ckpt.tensors["lm_head.weight"], Q4Tensor)
+    dev = get_device(f16=None if fast else False, subgroups=None if fast else False)
+    ids = [int(i) for i in rng.integers(0, 2048, 9)]
+    got = decode_run(Model(ckpt, dev=dev, max_seq=32, decode="phased"), ids, 4)
+    ops = decode_run(Model(ckpt, dev=dev, max_seq=32, decode="ops"), ids, 4)
+    assert m_ok(got) and rel(got, ops) < 1e-4, f"{rel(got, ops):.2e}"
+
+
+def m_ok(x):
+    return np.isfinite(x).all() and np.abs(x).max() > 0
+
+
+def test_persistent_schedule_falls_back_when_its_barrier_gives_up(tmp_path, rng, capfd):
+    """A grid barrier that gives up (forced: no spin at all, and lavapipe never has 8 workgroups
+    running at once) must not hang; the model must see it and redo the step on the phased
+    schedule, once, and say so. (The model refuses the persistent schedule on CPU adapters, where
+    spins were seen to end early: here it is switched on behind its back.)"""
+    ckpt, _ = make_checkpoint(tmp_path, "llama-tied", rng)
+    dev = get_device()
+    assert dev.has_coherent, "lavapipe offers memory-decoration-coherent"
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 8)]
+    with pytest.raises(ValueError, match="CPU adapter"):
+        Model(ckpt, dev=dev, max_seq=32, decode="persistent")
+    m = Model(ckpt, dev=dev, max_seq=32, decode="phased")
+    m.decode_schedule, m.kernel.workgroups, m.kernel.spin = "persistent", 8, 0
+    got = decode_run(m, ids, 3)
+    assert m.decode_schedule == "phased"
+    err = capfd.readouterr().err
+    assert err.count("grid barrier timed out") == 1 and "phased schedule" in err
+    ops = decode_run(Model(ckpt, dev=dev, max_seq=32, decode="ops"), ids, 3)
+    assert rel(got, ops) < 1e-4
+    assert m.pos == len(ids) and m.cached_ids == ids
+
+
+def test_schedules_are_chosen_and_refused_clearly(tmp_path, rng):
+    ckpt, _ = make_checkpoint(tmp_path, "llama-tied", rng)
+    dev = get_device()
+    assert Model(ckpt, dev=dev, max_seq=32).decode_schedule == "ops"  # auto on a CPU adapter
+    m = Model(ckpt, dev=dev, max_seq=32, decode="phased")
+    assert len(m.step_ops(1)) == phases(BASE["num_hidden_layers"]) == 11
+    with pytest.raises(ValueError, match="int8 activations"):
+        Model(ckpt, dev=dev, max_seq=32, q8=False, decode="phased")
+    assert Model(ckpt, dev=dev, max_seq=32, q8=False).decode_schedule == "ops"
+    with pytest.raises(ValueError, match="not one of"):
+        Model(ckpt, dev=dev, max_seq=32, decode="fast")
+    no_coherent = get_device(f16=False, subgroups=False, coherent=False)
+    with pytest.raises(ValueError, match="memory-decoration-coherent"):
+        Model(ckpt, dev=no_coherent, max_seq=32, decode="persistent")
+    assert DecodeKernel.unsupported(m) is None
+
+
+@pytest.mark.parametrize("arch", ["llama-bias", "qwen3"])
+def test_persistent_equals_phased_on_a_gpu(tmp_path, rng, arch):
+    """On a GPU the persistent schedule gives the phased schedule's logits (same phase code, a grid
+    barrier instead of a dispatch boundary). On a CPU adapter (CI) it is refused instead."""
+    ckpt, _ = make_checkpoint(tmp_path, arch, rng, max_position_embeddings=512)
+    dev = get_device()
+    if dev.is_cpu:
+        with pytest.raises(ValueError, match="CPU adapter"):
+            Model(ckpt, dev=dev, max_seq=320, decode="persistent")
+        return
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 300)]
+    for workgroups in (None, 7, 300):
+        m = Model(ckpt, dev=dev, max_seq=320, chunk=64, decode="persistent")
+        if workgroups:
+            m.kernel.workgroups = workgroups
+        got = decode_run(m, ids, 280)
+        assert m.decode_schedule == "persistent", "a grid barrier gave up"
+        ph = decode_run(Model(ckpt, dev=dev, max_seq=320, chunk=64, decode="phased"), ids, 280)
+        assert rel(got, ph) < 1e-5, f"{workgroups} workgroups: {rel(got, ph):.2e}"
