@@ -4,7 +4,7 @@
 # the persistent kernel. Everything lands in two files ($OUT/decode.txt, $OUT/decode.jsonl).
 #   source .device/setup.sh; bash bench/device_decode.sh [shape ...]
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 shapes=${*:-smollm2-135m llama-3.2-1b llama-3.1-8b}
 log=$OUT/decode.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
@@ -13,9 +13,9 @@ bench() {  # shape, extra args...
   local s=$1; shift
   python3 -m llmgpu.cli bench --shape "$s" -p 0 -r 5 --json "$@" > /tmp/b.json 2> /tmp/b.err || { tail -3 /tmp/b.err | tee -a "$log"; return; }
   python3 - "$s" "$*" <<'PY' | tee -a "$log"
-import json, sys
+import json, os, sys
 d = json.load(open("/tmp/b.json"))
-with open(sys.argv[0] if False else __import__("os").environ["OUT"] + "/decode.jsonl", "a") as f:
+with open(os.environ["OUT"] + "/decode.jsonl", "a") as f:
     f.write(json.dumps({"shape": sys.argv[1], "args": sys.argv[2], **d}) + "\n")
 for r in d["rows"]:
     print(f"{sys.argv[1]:<14} {sys.argv[2]:<40} {r['test']:<12} {r['tps']:8.1f} ± {r['sd']:5.1f} t/s  "
