@@ -69,7 +69,7 @@ def _add_model_args(p, ctx_default=DEFAULT_MAX_SEQ):
     p.add_argument("--decode", default="auto", choices=DECODE_SCHEDULES,
                    help="how a decode step runs: ops (a dispatch per op), phased (the decode kernel, a "
                         "dispatch per phase), persistent (one dispatch per token, grid barriers; GPUs "
-                        "only), auto (persistent where it runs, else ops; the default)")
+                        "only), auto (ops for now: the decode kernel is not yet the faster; the default)")
 
 
 def _add_sampling_args(p, max_tokens):
