@@ -137,48 +137,71 @@ fn penalize() {
 }
 //#endif
 
-// Step 2: (max, its lowest index, NaN/+inf count); uniform.
-fn scan_max() -> vec3<f32> {
+// Step 2: (max, its lowest index, NaN/+inf count, smallest finite logit); uniform.
+fn scan_max() -> vec4<f32> {
     var mx = bitcast<f32>(0xff800000u);
+    var mn = 3.4e38;
     var am = P.V;
     var bad = 0.0;
     for (var i = lid; i < P.V; i += WG) {
         let v = lg(i);
         let a = bitcast<u32>(v);
         if ((a & 0x7fffffffu) > 0x7f800000u || a == 0x7f800000u) { bad += 1.0; }  // NaN, +inf
-        else if (v > mx) { mx = v; am = i; }  // the first (lowest) index of this invocation's max
+        else {
+            if (v > mx) { mx = v; am = i; }  // the first (lowest) index of this invocation's max
+            if (v > -3.4e38) { mn = min(mn, v); }
+        }
     }
     let m = uni1(wg_max(mx, lid, sgs));
     let first = wg_max(select(0.0, f32(P.V - am), mx == m && am < P.V), lid, sgs);
     let r = uni2(vec2<f32>(first, wg_sum(bad, lid, sgs)));
-    return vec3<f32>(m, f32(P.V) - r.x, r.y);
+    let fmin = uni1(-wg_max(-mn, lid, sgs));
+    return vec4<f32>(m, f32(P.V) - r.x, r.y, fmin);
 }
 
-// (count, mass) of the source's elements with key >= t; mass = sum exp(x - m). Uniform.
-fn tally(t: u32, n: u32, sh: bool, m: f32) -> vec2<f32> {
+// (count, mass) of the source's elements with key >= t; mass = sum exp(x - m), only when asked
+// (the top-k search counts). Uniform.
+fn tally(t: u32, n: u32, sh: bool, m: f32, mass: bool) -> vec2<f32> {
     var c = 0.0;
     var s = 0.0;
     for (var j = lid; j < n; j += WG) {
         let v = val(j, sh);
-        if (key(v) >= t) { c += 1.0; s += exp(v - m); }
+        if (key(v) >= t) {
+            c += 1.0;
+            if (mass) { s += exp(v - m); }
+        }
     }
     return uni2(vec2<f32>(wg_sum(c, lid, sgs), wg_sum(s, lid, sgs)));
+}
+
+fn unkey(k: u32) -> f32 {
+    return bitcast<f32>(select(~k, k ^ 0x80000000u, (k & 0x80000000u) != 0u));
+}
+
+// The next threshold to try in (lo, hi): the midpoint in value (from fmin, the smallest finite
+// logit, when lo is -inf), which splits logits in a few steps where the midpoint in key space
+// would first walk down the exponents; the key midpoint where the values cannot be split.
+fn split(lo: u32, hi: u32, fmin: f32) -> u32 {
+    let a = max(unkey(lo), fmin);
+    let k = key(a + (unkey(hi) - a) * 0.5);
+    if (k <= lo || k >= hi) { return lo + (hi - lo) / 2u; }
+    return k;
 }
 
 // The largest key t in [lo, hi) with count(key >= t) >= goal (by_mass: mass(key >= t) >= goal);
 // lo when even lo fails it (nothing to cut). hi fails by assumption (hi = key(max) + 1). Stops
 // early once [lo, hi) holds a single element, or lo's set has exactly goal elements (top-k).
-fn search(lo0: u32, hi0: u32, goal: f32, by_mass: bool, n: u32, sh: bool, m: f32) -> u32 {
+fn search(lo0: u32, hi0: u32, goal: f32, by_mass: bool, n: u32, sh: bool, m: f32, fmin: f32) -> u32 {
     var lo = lo0;
     var hi = hi0;
-    var t = tally(lo, n, sh, m);
+    var t = tally(lo, n, sh, m, by_mass);
     if (select(t.x, t.y, by_mass) < goal) { return lo; }
     var c_lo = t.x;
     var c_hi = 0.0;
     loop {
         if (hi - lo <= 1u || c_lo <= c_hi + 1.0 || (!by_mass && c_lo == goal)) { break; }
-        let mid = lo + (hi - lo) / 2u;
-        t = tally(mid, n, sh, m);
+        let mid = split(lo, hi, fmin);
+        t = tally(mid, n, sh, m, by_mass);
         if (select(t.x, t.y, by_mass) >= goal) { lo = mid; c_lo = t.x; } else { hi = mid; c_hi = t.x; }
     }
     return lo;
@@ -275,8 +298,8 @@ fn draw(t: u32, n: u32, sh: bool, m: f32, c: u32) {
     finish(pick, t, c);
 }
 
-// Steps 3-5 for max logit m and RNG counter c.
-fn filter_and_draw(m: f32, c: u32) {
+// Steps 3-5 for max logit m, smallest finite logit fmin and RNG counter c.
+fn filter_and_draw(m: f32, fmin: f32, c: u32) {
     let hi = key(m) + 1u;  // fails every search's predicate: nothing is above the max
     let kmin = key(m + P.log_min_p);
     var ktk = KEY_NEG_INF;
@@ -284,7 +307,7 @@ fn filter_and_draw(m: f32, c: u32) {
         // top-p's fractions are of the whole top-k set's mass, so then the cut is needed exactly
         // even where min-p cuts deeper; without top-p only the higher of the two cuts matters
         let lo = select(kmin, KEY_NEG_INF, P.top_p < 1.0);
-        ktk = search(lo, hi, f32(P.top_k), false, P.V, false, m);
+        ktk = search(lo, hi, f32(P.top_k), false, P.V, false, m, fmin);
     }
     let klo = max(kmin, ktk);
     let cn = prepare(klo, ktk, m);
@@ -295,7 +318,7 @@ fn filter_and_draw(m: f32, c: u32) {
         n = u32(cn.x);
     }
     var t = klo;
-    if (P.top_p < 1.0) { t = search(klo, hi, P.top_p * cn.y, true, n, sh, m); }
+    if (P.top_p < 1.0) { t = search(klo, hi, P.top_p * cn.y, true, n, sh, m, fmin); }
     draw(t, n, sh, m, c);
 }
 
@@ -326,5 +349,5 @@ fn main(@builtin(local_invocation_index) li: u32,
         if (lid == 0u) { finish(u32(mx.y), key(mx.x), state.y); }
         return;
     }
-    filter_and_draw(mx.x, state.y);
+    filter_and_draw(mx.x, mx.w, state.y);
 }
