@@ -29,6 +29,9 @@
 //   5. Draw: u from a counter-based hash of (seed, out[2]); per-invocation sums of
 //      exp((x - max) / T) over the survivors, a prefix sum over invocations, and the invocation
 //      whose range holds u * total walks its own elements to the token.
+// Against the CPU sampler: the same survivors and probabilities, except that ties at a cut are all
+// kept (the CPU keeps an arbitrary subset) and masses are f32 sums (a top-p cut whose prefix mass is
+// within ~1e-6 of top_p may move by a token). History ids >= V are ignored. Counts are f32: V < 2^24.
 
 override WG: u32 = 256u;
 override CAP: u32 = 1024u;

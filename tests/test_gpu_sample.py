@@ -89,7 +89,7 @@ def check_history_on_gpu(dev, rng, config=None):
     cpu, hist = make_sampler(temperature=0, repetition_penalty=8.0, repeat_last_n=w), list(prompt)
     for _ in range(12):
         hist.append(cpu(x, hist))
-    assert got == hist[3:]
+    assert got == hist[3:], f"GPU {got}, CPU {hist[3:]} (window {w})"
     assert len(set(got)) > 1
 
 
@@ -257,6 +257,8 @@ def test_validation(dev):
         ops.sample(dev, x, None, out, vocab=11, sampler=make_sampler())
     with pytest.raises(ValueError, match="out holds 16 bytes"):
         ops.sample(dev, x, None, out, vocab=10, sampler=make_sampler(), log=2)
+    with pytest.raises(ValueError, match="WG a power of two"):
+        ops.sample(dev, x, None, out, vocab=10, sampler=make_sampler(), config={"WG": 48, "CAP": 8})
     with pytest.raises(ValueError, match="top_p"):
         GpuSampler(dev, 10, top_p=0.0)
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..gpu import Device
 from ..sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
                       DEFAULT_TOP_K, DEFAULT_TOP_P, NonFiniteLogitsError, Sampler, make_sampler)
-from .core import Op, make_op, need, submit
+from .core import Op, make_op, nbytes, need, submit
 
 OUT_WORDS = 4  # token, status, RNG counter, threshold key; the token log follows
 STATUS_NONFINITE = 1
@@ -42,7 +42,7 @@ def sample_params(s: Sampler, vocab: int, window: int, append: bool, log: int) -
     """The uniform `P` of sample.wgsl for sampler `s` (seed None: a fresh random one)."""
     seed = s.seed if s.seed is not None else secrets.randbits(64)
     return [vocab, int(s.greedy), s.top_k if s.top_k < vocab else 0,
-            float(min(1.0, s.top_p - 1e-9)) if s.top_p < 1.0 else 1.0,  # the CPU's rounding slack
+            float(s.top_p - 1e-9) if s.top_p < 1.0 else 1.0,  # the CPU's slack for rounding
             float(math.log(s.min_p)) if s.min_p > 0 else float("-inf"),
             float(1.0 / s.temperature) if s.temperature > 0 else 0.0,
             float(s.repetition_penalty), window, seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF,
@@ -62,6 +62,8 @@ def sample(dev: Device, logits, history, out, *, vocab: int, sampler: Sampler, a
     config: {"WG", "CAP"} (sample_config's by default; a small CAP forces the path without
     workgroup-memory candidates).
     """
+    if not 0 < vocab < 1 << 24:  # the kernel counts in f32
+        raise ValueError(f"sample: vocab {vocab} is outside 1 .. 2**24 - 1")
     need("sample", "logits", logits, vocab * 4)
     need("sample", "out", out, (OUT_WORDS + log) * 4)
     penalty = sampler.repetition_penalty != 1.0
@@ -71,11 +73,13 @@ def sample(dev: Device, logits, history, out, *, vocab: int, sampler: Sampler, a
     binds = {"logits": logits, "out": out}
     scratch = None
     if penalty:
-        window = sampler.repeat_last_n or (history.size // 4 - 1)
+        window = sampler.repeat_last_n or (nbytes(history) // 4 - 1)
         need("sample", "history", history, (1 + window) * 4)
         scratch = dev.buffer(size=vocab * 4, label="sample.xs")
         binds.update(hist=history, xs=scratch)
     cfg = config or sample_config(dev, vocab)
+    if cfg["WG"] not in (32, 64, 128, 256, 512, 1024) or cfg["CAP"] < 1:  # the prefix sum's segments
+        raise ValueError(f"sample: config {cfg} needs WG a power of two in 32 .. 1024 and CAP >= 1")
     pipe = dev.pipeline("sample", consts={**cfg, "PENALTY": penalty, "SUBGROUPS": dev.has_subgroups})
     op = make_op(dev, pipe, binds, (1, 1, 1), sample_params(sampler, vocab, window, append, log))
     if scratch is not None:
