@@ -1,7 +1,7 @@
 // Sampling on the GPU: one row of logits -> one token id, with llmgpu/sample.py's semantics and order
 // (repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw; greedy when P.greedy).
 //
-// Overrides: WG (invocations, a power of two >= 64), CAP (candidates held in workgroup memory).
+// Overrides: WG (invocations, a power of two in 32 .. 1024), CAP (candidates held in workgroup memory).
 // Flags: PENALTY (bindings hist, xs: the repetition penalty), SUBGROUPS (reduce.wgsl).
 // Bindings (group 0):
 //   P       uniform  V, greedy, top_k (0 or >= V: off), top_p (f32, minus the CPU's 1e-9; 1: off),
@@ -22,13 +22,16 @@
 //   2. max, its lowest index (np.argmax's tie rule) and a NaN/+inf count; greedy stops here.
 //   3. Filters as thresholds on an order-preserving u32 key of the float bits (no sort): the top-k
 //      cut is the largest key t with count(key >= t) >= k, the top-p cut the largest with
-//      mass(key >= t) >= top_p * norm, each found by a binary search that also stops as soon as
-//      the set cannot shrink; the min-p cut is max + log(min_p). Ties at a cut are all kept.
+//      mass(key >= t) >= top_p * norm (norm: the top-k set's mass), each found by bisection (at the
+//      midpoint in value, or in key where values cannot be split) that stops as soon as the set
+//      cannot shrink; the min-p cut is max + log(min_p). Ties at a cut are all kept.
 //   4. When at most CAP tokens pass the top-k and min-p cuts, they are copied (in a fixed order) to
 //      workgroup memory and the top-p search and the draw read them there instead of the logits.
 //   5. Draw: u from a counter-based hash of (seed, out[2]); per-invocation sums of
 //      exp((x - max) / T) over the survivors, a prefix sum over invocations, and the invocation
 //      whose range holds u * total walks its own elements to the token.
+// The token stays on the GPU: the next step's embedding reads out[0]; steps recorded back to back
+// chain through out[2] (counter), hist (penalty) and out[1] (an error stops the rest).
 // Against the CPU sampler: the same survivors and probabilities, except that ties at a cut are all
 // kept (the CPU keeps an arbitrary subset) and masses are f32 sums (a top-p cut whose prefix mass is
 // within ~1e-6 of top_p may move by a token). History ids >= V are ignored. Counts are f32: V < 2^24.
