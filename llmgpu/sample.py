@@ -1,7 +1,10 @@
 """Choosing the next token from logits: greedy, or temperature with top-k / top-p / min-p filters.
 
 All of it sits behind one :class:`Sampler` (``sampler(logits, history) -> token id``), so moving sampling
-onto the GPU later changes this file and nothing that calls it.
+onto the GPU later changes this file and nothing that calls it. The GPU's version (shaders/sample.wgsl,
+``llmgpu.ops.sample``) follows this file's semantics and is tested against it; where this file's choice
+is arbitrary (ties at a top-k or top-p cut) it keeps every tied token, and its f32 sums may move a cut
+whose prefix mass is within ~1e-6 of top_p.
 
 Defaults are llama.cpp's: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repetition penalty 1.0
 (off), repetition window the last 64 tokens. Temperature 0 is greedy (argmax; the filters and the seed do
