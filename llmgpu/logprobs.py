@@ -32,6 +32,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[TopLogprob, ...]  # the k most likely tokens, most likely first
+    offset: int = 0  # where the token's text starts in the answer (tokens may split a character)
 
 
 class Piece(str):
@@ -68,7 +69,7 @@ def check_k(k) -> int:
     return int(k)
 
 
-def token_logprob(tokenizer, logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+def token_logprob(tokenizer, logits: np.ndarray, token: int, k: int, offset: int = 0) -> TokenLogprob:
     lp = log_softmax(logits)
 
     def text(t):
@@ -78,7 +79,7 @@ def token_logprob(tokenizer, logits: np.ndarray, token: int, k: int) -> TokenLog
     top = np.argpartition(-lp, k - 1)[:k] if 0 < k < lp.size else np.arange(lp.size if k else 0)
     top = top[np.argsort(-lp[top], kind="stable")]
     return TokenLogprob(int(token), text(token), float(lp[token]),
-                        tuple(TopLogprob(int(t), text(t), float(lp[t])) for t in top))
+                        tuple(TopLogprob(int(t), text(t), float(lp[t])) for t in top), offset)
 
 
 class LogprobTracker:
@@ -95,7 +96,7 @@ class LogprobTracker:
     def __call__(self, token: int, logits: np.ndarray) -> None:
         if token in self.eos:
             return
-        self.pending.append((self.pos, token_logprob(self.tokenizer, logits, token, self.k)))
+        self.pending.append((self.pos, token_logprob(self.tokenizer, logits, token, self.k, self.pos)))
         self.pos += len(self.detok.add(token))
 
     def take(self, end: int) -> list[TokenLogprob]:

@@ -250,6 +250,8 @@ def test_logprobs_cover_exactly_the_returned_text():
     assert len(pieces) > 1 and "".join(pieces) == full
     assert [e for p in pieces for e in p.logprobs] == full.logprobs
     assert all(tok.decode([e.token_id for e in p.logprobs]) == p for p in pieces)
+    starts = [len(tok.decode([e.token_id for e in full.logprobs[:i]])) for i in range(len(full.logprobs))]
+    assert [e.offset for e in full.logprobs] == starts
     assert type(llm.generate("q", temperature=0)) is str
 
 
