@@ -580,15 +580,14 @@ class ServerThread:
         self.sock.close()
 
 
-def run(llm, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-        max_queue: int = DEFAULT_MAX_QUEUE, announce=print) -> None:
-    """Serve until Ctrl-C (the ``llmgpu serve`` command)."""
+def run(llm, sock: socket.socket, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+        announce=print) -> None:
+    """Serve on the listening ``sock`` (see :func:`bind`) until Ctrl-C (the ``llmgpu serve`` command)."""
     server = Server(llm, api_key=api_key, max_queue=max_queue)
-    sock = bind(host, port)
-    shown = f"[{host}]" if ":" in host else host
+    host, port = sock.getsockname()[:2]
+    where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     announce(f"llmgpu serve: {server.name} on {llm.model.device_name}, context {llm.model.max_seq} tokens; "
-             f"chat page http://{shown}:{sock.getsockname()[1]}/ , OpenAI API at "
-             f"http://{shown}:{sock.getsockname()[1]}/v1{' (API key required)' if api_key else ''}")
+             f"chat page {where}/ , OpenAI API {where}/v1{' (API key required)' if api_key else ''}")
     try:
         _uvicorn(server, "info").run(sockets=[sock])
     finally:

@@ -383,3 +383,37 @@ def test_soak_200_requests_from_8_clients(serve):
     assert not eng.waiting and eng.running is None
     assert sum(isinstance(o, Job) for o in gc.get_objects()) == 0  # no request's state outlives it
     assert grown < 320 * 1024, f"memory grew by {grown} bytes over 160 requests"  # ~80 kB seen
+
+
+# ==== the command ================================================================================
+
+def test_cli_serve_binds_before_loading_and_passes_options(monkeypatch, capsys):
+    from llmgpu import cli
+    from llmgpu import serve as serve_mod
+    from tests.fake_model import install
+    cls = install(monkeypatch)
+    calls = []
+
+    def fake_run(llm, sock, **kw):
+        calls.append((llm, sock.getsockname(), kw))
+        sock.close()
+
+    monkeypatch.setattr(serve_mod, "run", fake_run)
+    monkeypatch.setenv("LLMGPU_API_KEY", "from-env")
+    assert cli.main(["serve", "--port", "0", "--ctx", "100", "--queue", "5"]) == 0
+    llm, addr, kw = calls[0]
+    assert addr[0] == "127.0.0.1" and addr[1] > 0 and llm.model.max_seq == 100  # localhost unless told
+    assert kw["api_key"] == "from-env" and kw["max_queue"] == 5
+    assert cli.main(["serve", "--port", "0", "--api-key", "flag"]) == 0 and calls[1][2]["api_key"] == "flag"
+    capsys.readouterr()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    for bad in (["--port", "70000"], ["--queue", "0"], ["--ctx", "0"]):
+        assert cli.main(["serve", *bad]) == 2
+        assert capsys.readouterr().err.startswith("llmgpu: error: --" + bad[0][2:])
+    assert len(cls.loads) == 2 and len(calls) == 2  # the failures never loaded the model
