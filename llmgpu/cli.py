@@ -256,6 +256,22 @@ def _serve(args) -> int:
     return 0
 
 
+# ==== export ===================================================================================
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from . import export
+    from .loader import load_cached_or_quantize
+
+    if Path(args.output).expanduser().exists() and not args.force:  # before the (slow) load
+        raise FileExistsError(f"{args.output} exists; choose another -o or pass --force to replace it")
+    ckpt = load_cached_or_quantize(args.model, args.group_size, progress=not args.quiet)
+    out = export.export_gguf(ckpt, args.output, force=args.force, progress=not args.quiet)
+    _err(f"wrote {out} (GGUF: q4gsw as Q4_0/Q4_1, lm_head Q8_0)")
+    return 0
+
+
 # ==== bench ====================================================================================
 
 def _bench(args) -> int:
@@ -324,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", type=int, default=32, metavar="N",
                    help="requests that may wait while one is served; more get 429 (default 32)")
     s.set_defaults(func=_serve)
+
+    e = sub.add_parser("export", help="write the quantized model as a GGUF file (llama.cpp)",
+                       description="Write the model's q4gsw weights as GGUF for llama.cpp: Q4_0 (exact), Q4_1 "
+                                   "for weights with offsets, the int8 lm_head as Q8_0, with tokenizer, chat "
+                                   "template and architecture metadata. Written atomically.")
+    e.add_argument("model", help="a Hugging Face directory or hub id, a .gguf file or a q4gsw directory")
+    e.add_argument("--to", required=True, choices=("gguf",), help="the format to write")
+    e.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write")
+    e.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128),
+                   help="q4gsw group size when quantizing a float checkpoint (default 32)")
+    e.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    e.set_defaults(func=_export)
 
     b = sub.add_parser("bench", help="benchmarks: tokens/s of a model, or `bench kernels`")
     b.add_argument("what", nargs="?", choices=["kernels"], help="`kernels`: the q4gsw GEMV/GEMM alone")
