@@ -417,3 +417,15 @@ def test_cli_serve_binds_before_loading_and_passes_options(monkeypatch, capsys):
         assert cli.main(["serve", *bad]) == 2
         assert capsys.readouterr().err.startswith("llmgpu: error: --" + bad[0][2:])
     assert len(cls.loads) == 2 and len(calls) == 2  # the failures never loaded the model
+
+
+def test_the_chat_page_is_self_contained_and_uses_the_api(serve):
+    import re
+    import urllib.request
+    st = serve(api_key="k")  # the page itself is public; its requests carry the key the user types
+    with urllib.request.urlopen(st.url + "/", timeout=WAIT) as r:
+        assert r.status == 200 and r.headers["content-type"].startswith("text/html")
+        html = r.read().decode()
+    assert "/v1/chat/completions" in html and "stream: true" in html and "Authorization" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched from elsewhere: offline
+    assert raw(st, "GET", "/v1/models")[0] == 401
