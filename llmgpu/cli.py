@@ -1,4 +1,4 @@
-"""The `llmgpu` command line: generate | chat | bench | quantize | perplexity."""
+"""The `llmgpu` command line: generate | chat | bench | quantize | perplexity | serve | export."""
 from __future__ import annotations
 
 import argparse
@@ -290,6 +290,50 @@ def _perplexity(args) -> int:
     return 0
 
 
+# ==== serve ====================================================================================
+
+def _serve(args) -> int:
+    import os
+    try:
+        from . import serve
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"llmgpu serve needs the serve extra ({e.name} is missing): "
+                           "pip install 'llmgpu[serve]' (install.sh installs it)") from None
+    _check_ctx(args)
+    if args.queue < 1:
+        raise ValueError(f"--queue must be >= 1, got {args.queue}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    key = args.api_key if args.api_key is not None else os.environ.get("LLMGPU_API_KEY") or None
+    sock = serve.bind(args.host, args.port)  # a taken port fails before the model loads
+    try:
+        from .api import LLM
+        llm = LLM(_load(args))
+    except BaseException:
+        sock.close()
+        raise
+    serve.run(llm, sock, api_key=key, max_queue=args.queue, announce=_err)
+    return 0
+
+
+# ==== export ===================================================================================
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from . import export
+    from .loader import load_cached_or_quantize
+
+    if Path(args.output).expanduser().exists() and not args.force:  # before the (slow) load
+        raise FileExistsError(f"{args.output} exists; choose another -o or pass --force to replace it")
+    ckpt = load_cached_or_quantize(args.model, args.group_size, progress=not args.quiet)
+    out = export.export_gguf(ckpt, args.output, force=args.force, progress=not args.quiet)
+    _err(f"wrote {out} (GGUF: q4gsw as Q4_0/Q4_1, lm_head Q8_0)")
+    return 0
+
+
 # ==== bench ====================================================================================
 
 def _bench(args) -> int:
@@ -353,6 +397,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "no earlier window scored")
     x.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     x.set_defaults(func=_perplexity)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a chat page",
+                       description="Serve the model over HTTP: the OpenAI API (/v1/chat/completions, "
+                                   "/v1/completions, /v1/models) and a chat page at /. Requests are served one "
+                                   "at a time in arrival order. Needs the serve extra (llmgpu[serve]).")
+    _add_model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                        "only; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
+    s.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1 requests (default: $LLMGPU_API_KEY, else none)")
+    s.add_argument("--queue", type=int, default=32, metavar="N",
+                   help="requests that may wait while one is served; more get 429 (default 32)")
+    s.set_defaults(func=_serve)
+
+    e = sub.add_parser("export", help="write the quantized model as a GGUF file (llama.cpp)",
+                       description="Write the model's q4gsw weights as GGUF for llama.cpp: Q4_0 (exact), Q4_1 "
+                                   "for weights with offsets, the int8 lm_head as Q8_0, with tokenizer, chat "
+                                   "template and architecture metadata. Written atomically.")
+    e.add_argument("model", help="a Hugging Face directory or hub id, a .gguf file or a q4gsw directory")
+    e.add_argument("--to", required=True, choices=("gguf",), help="the format to write")
+    e.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write")
+    e.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128),
+                   help="q4gsw group size when quantizing a float checkpoint (default 32)")
+    e.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    e.set_defaults(func=_export)
 
     b = sub.add_parser("bench", help="benchmarks: tokens/s of a model, or `bench kernels`")
     b.add_argument("what", nargs="?", choices=["kernels"], help="`kernels`: the q4gsw GEMV/GEMM alone")

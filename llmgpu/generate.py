@@ -17,7 +17,7 @@ last turn (the last sampled token of a turn is never decoded, so it is not in th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import checks
@@ -73,14 +73,16 @@ def check_context(model, n_prompt: int, what: str = "the prompt has",
 
 
 def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens: int, *,
-                  cached: int = 0, stats: GenerationStats | None = None) -> Iterator[int]:
+                  cached: int = 0, stats: GenerationStats | None = None,
+                  on_token: Callable | None = None) -> Iterator[int]:
     """Yield up to ``max_tokens`` sampled token ids that continue ``prompt_ids``.
 
     The first ``cached`` prompt ids are reused from the model's KV cache where it holds them (at
     most all but the last prompt token: its logits start generation); the rest of the cache is
     dropped, the remaining prompt is prefilled in one call, then each token is decoded as the
     consumer asks for the next one (the last one yielded is never decoded). Stopping early (``break``)
-    is fine. ``stats`` (if given) is filled in as it goes.
+    is fine. ``stats`` (if given) is filled in as it goes. ``on_token(token, logits)`` (if given) is
+    called with each sampled id and the logits the sampler chose it from (logprobs; it may raise to stop).
     """
     prompt = [int(t) for t in prompt_ids]
     checks.positive_int("max_tokens", max_tokens)
@@ -94,6 +96,8 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
     logits = model.prefill(prompt[cached:])
     token = sampler(logits, history)
     st.prefill_s = time.perf_counter() - t0
+    if on_token is not None:
+        on_token(token, logits)
     while True:
         st.new_tokens += 1
         history.append(token)
@@ -109,6 +113,8 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
         token = sampler(logits, history)
         st.decode_s += time.perf_counter() - t0
         st.decode_calls += 1
+        if on_token is not None:
+            on_token(token, logits)
 
 
 def stop_index(text: str, stops: Sequence[str]) -> int:
@@ -130,19 +136,20 @@ def partial_stop(text: str, stops: Sequence[str]) -> int:
 
 def stream_text(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens: int, *,
                 stop: str | Sequence[str] | None = None, cached: int = 0, stats: GenerationStats | None = None,
-                token_ids: list[int] | None = None) -> Iterator[str]:
+                token_ids: list[int] | None = None, on_token: Callable | None = None) -> Iterator[str]:
     """Yield the text of the continuation of ``prompt_ids`` in pieces, each whole UTF-8 characters.
 
     Ends at an end-of-sequence token (``model.ckpt.eos_token_ids``; not shown), at the first stop
     string (the text ends just before it; text that might begin a stop string is held back until it
-    is clear), or after ``max_tokens`` tokens. Sampled ids are appended to ``token_ids`` if given.
+    is clear), or after ``max_tokens`` tokens. Sampled ids are appended to ``token_ids`` if given;
+    ``on_token`` is passed to :func:`generate_step`.
     """
     stops = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
     eos = set(model.ckpt.eos_token_ids)
     detok = IncrementalDetokenizer(model.ckpt.tokenizer)
     st = stats if stats is not None else GenerationStats()
     pending = ""
-    steps = generate_step(model, prompt_ids, sampler, max_tokens, cached=cached, stats=st)
+    steps = generate_step(model, prompt_ids, sampler, max_tokens, cached=cached, stats=st, on_token=on_token)
     try:
         for token in steps:
             if token_ids is not None:

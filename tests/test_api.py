@@ -213,3 +213,54 @@ def test_llm_chat_uses_the_template_fallback_when_missing():
     # the fallback (ChatML) renders these turns as the fake's own ChatML template does
     assert m.prefills[0] == len(rendered_ids(make_checkpoint(), [{"role": "system", "content": "s"},
                                                                   {"role": "user", "content": "hi"}]))
+
+
+# ==== logprobs ===================================================================================
+
+def test_logprobs_match_logits_of_the_same_sequence(rng):
+    from llmgpu.logprobs import log_softmax
+    m = FakeModel(seed=int(rng.integers(1000)))
+    llm = LLM(m)
+    k = int(rng.integers(1, 6))
+    # sampled (not greedy) with filters and a temperature: logprobs must still be the model's own
+    out = llm.generate("Tell me a story", max_tokens=15, temperature=0.7, top_k=5, seed=int(rng.integers(2**32)),
+                       logprobs=k)
+    assert isinstance(out, str) and out.finish_reason in ("eos", "length")
+    ids = [e.token_id for e in out.logprobs]
+    assert m.ckpt.tokenizer.decode(ids) == out and 2 not in ids
+    prompt = llm.encode("Tell me a story")
+    lp = log_softmax(llm.logits(prompt + ids))[len(prompt) - 1:]
+    for i, e in enumerate(out.logprobs):
+        assert e.logprob == pytest.approx(lp[i, e.token_id], abs=1e-9)
+        assert e.token == m.ckpt.tokenizer.decode([e.token_id], skip_special_tokens=False)
+        assert len(e.top) == k and [t.token_id for t in e.top] == np.argsort(-lp[i], kind="stable")[:k].tolist()
+        assert [t.logprob for t in e.top] == pytest.approx(np.sort(lp[i])[::-1][:k].tolist(), abs=1e-9)
+    assert llm.generate("q", max_tokens=3, temperature=0, logprobs=0).logprobs[0].top == ()
+
+
+def test_logprobs_cover_exactly_the_returned_text():
+    m = FakeModel()
+    m.say("Hello world! How are you?")
+    llm = LLM(m)
+    full = llm.generate("q", temperature=0, logprobs=2)
+    assert full == "Hello world! How are you?" and full.finish_reason == "eos"
+    tok = m.ckpt.tokenizer
+    assert tok.decode([e.token_id for e in full.logprobs]) == full  # no EOS entry
+    assert full.logprobs[0].logprob == pytest.approx(0.0, abs=1e-6)  # the script's +1000
+    cut = llm.generate("q", temperature=0, logprobs=2, stop=" How")
+    assert cut == "Hello world!" and tok.decode([e.token_id for e in cut.logprobs]) == "Hello world!"
+    pieces = list(llm.stream("q", temperature=0, logprobs=2))
+    assert len(pieces) > 1 and "".join(pieces) == full
+    assert [e for p in pieces for e in p.logprobs] == full.logprobs
+    assert all(tok.decode([e.token_id for e in p.logprobs]) == p for p in pieces)
+    starts = [len(tok.decode([e.token_id for e in full.logprobs[:i]])) for i in range(len(full.logprobs))]
+    assert [e.offset for e in full.logprobs] == starts
+    assert type(llm.generate("q", temperature=0)) is str
+
+
+def test_logprobs_bad_value_fails_before_generation():
+    m = FakeModel()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="logprobs"):
+            LLM(m).stream("x", logprobs=bad)
+    assert m.prefills == []

@@ -1,0 +1,250 @@
+"""``llmgpu export``: write a q4gsw checkpoint as a GGUF file (llama.cpp) with the same weights.
+
+GGUF, tensor by tensor:
+
+* q4gsw without offsets -> Q4_0, exactly: a Q4_0 block is 32 weights ``(nibble - 8) * d`` with an f16
+  ``d``, which is q4gsw with group 32 after re-ordering the nibbles; a group of 64 or 128 repeats its
+  scale over its 2 or 4 blocks.
+* q4gsw with offsets (imported Q4_1) -> Q4_1 (``w = d * nibble + m`` with ``m = offset - 8 d``), exact
+  whenever ``m`` is an f16 (always for weights that came from a Q4_1 GGUF); otherwise ``m`` is rounded to
+  f16 and a warning says by how much.
+* the int8 lm_head -> Q8_0, exactly (an f16 scale per 32 int8 values, as llmgpu stores it).
+* other tensors: 1-D (norms, biases) as F32, 2-D (the embedding) as F16 when that is exact, else F32.
+
+llama-family q/k projections get llama.cpp's row permutation (the inverse of what the loader undoes).
+Metadata: the architecture's hyper-parameters, the tokenizer (byte-level BPE: ``gpt2`` with the
+pre-tokenizer named as llama.cpp names it), the special token ids and the chat template. SentencePiece
+tokenizers are refused (their scores are not kept in a q4gsw checkpoint).
+
+The file is written to a temporary name beside the target and renamed when complete; an existing
+target is refused unless ``force``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .loader import GGUF_TO_HF, Checkpoint, llama_cpp_unpermute_rows
+from .quant import _EVEN_ODD, Q4Tensor, Q8Tensor, unpack_nibbles
+from .tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
+
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+# ==== tensors ==================================================================================
+
+def q4_0_blocks(t: Q4Tensor) -> np.ndarray:
+    """(N, K/32 * 18) uint8 GGUF Q4_0 rows of a q4gsw tensor without offsets (exact)."""
+    N, K = t.shape
+    nib = unpack_nibbles(t.qweight).reshape(N * K // 32, 32)
+    qs = nib[:, :16] | (nib[:, 16:] << 4)  # GGUF: element j low nibble, element j + 16 high nibble
+    d = np.repeat(t.scales.astype(np.float16), t.group_size // 32, axis=1).reshape(-1, 1)
+    return np.concatenate([d.view(np.uint8), qs.astype(np.uint8)], axis=1).reshape(N, K // 32 * 18)
+
+
+def q4_1_blocks(t: Q4Tensor, name: str = "") -> np.ndarray:
+    """(N, K/32 * 20) uint8 GGUF Q4_1 rows of a q4gsw tensor with offsets: d = scale, m = offset - 8 d."""
+    N, K = t.shape
+    nib = unpack_nibbles(t.qweight).reshape(N * K // 32, 32)
+    qs = nib[:, :16] | (nib[:, 16:] << 4)
+    rep = t.group_size // 32
+    d = np.repeat(t.scales.astype(np.float16), rep, axis=1)
+    m32 = np.repeat(t.offsets.astype(np.float32), rep, axis=1) - 8.0 * d.astype(np.float32)
+    m = m32.astype(np.float16)
+    if (err := float(np.abs(m.astype(np.float32) - m32).max(initial=0.0))) > 0:
+        warnings.warn(f"{name}: its offsets are not exact in Q4_1 (f16 minimums); rounded, max error {err:.3g}",
+                      stacklevel=2)
+    return np.concatenate([d.reshape(-1, 1).view(np.uint8), m.reshape(-1, 1).view(np.uint8),
+                           qs.astype(np.uint8)], axis=1).reshape(N, K // 32 * 20)
+
+
+def q8_0_blocks(t: Q8Tensor) -> np.ndarray:
+    """(N, K/32 * 34) uint8 GGUF Q8_0 rows of llmgpu's int8 tensor (exact)."""
+    N, K = t.shape
+    q = t.qweight.view(np.int8).reshape(N, K // 8, 8)[:, :, np.argsort(_EVEN_ODD)].reshape(N * K // 32, 32)
+    d = t.scales.astype(np.float16).reshape(-1, 1)
+    return np.concatenate([d.view(np.uint8), q.view(np.uint8)], axis=1).reshape(N, K // 32 * 34)
+
+
+def _hf_to_gguf_name(name: str) -> str:
+    inverse = {hf: g for g, hf in GGUF_TO_HF.items()}
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+    key = name if m is None else "model.layers.{i}." + m.group(2)
+    if key not in inverse:
+        raise ValueError(f"tensor {name} has no GGUF name; this model cannot be exported to GGUF")
+    return inverse[key].replace("{i}", m.group(1)) if m else inverse[key]
+
+
+def _permute(ckpt: Checkpoint, name: str, t):
+    """llama.cpp's q/k row order for llama-family models (the inverse of the loader's un-permutation)."""
+    cfg = ckpt.config
+    if GGUF_ARCH[cfg.model_type] != "llama" or ".self_attn." not in name:
+        return t
+    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}.get(name.split(".")[-2])
+    if heads is None:
+        return t
+    idx = np.argsort(llama_cpp_unpermute_rows(cfg.head_dim * heads, heads))
+    if isinstance(t, Q4Tensor):
+        return Q4Tensor(t.qweight[idx], t.scales[idx], t.group_size, None if t.offsets is None else t.offsets[idx])
+    return np.asarray(t)[idx]
+
+
+def gguf_tensors(ckpt: Checkpoint):
+    """Yield (GGUF name, array, GGMLQuantizationType or None for plain floats) in checkpoint order."""
+    from gguf import GGMLQuantizationType as Q
+
+    for name, t in ckpt.tensors.items():
+        t = _permute(ckpt, name, t)
+        gname = _hf_to_gguf_name(name)
+        if isinstance(t, Q8Tensor):
+            yield gname, q8_0_blocks(t), Q.Q8_0
+        elif isinstance(t, Q4Tensor) and t.offsets is None:
+            yield gname, q4_0_blocks(t), Q.Q4_0
+        elif isinstance(t, Q4Tensor):
+            yield gname, q4_1_blocks(t, name), Q.Q4_1
+        else:
+            a = np.asarray(t, np.float32)
+            h = a.astype(np.float16)
+            exact = a.ndim == 2 and np.array_equal(h.astype(np.float32), a)
+            yield gname, (h if exact else a), None
+
+
+# ==== metadata =================================================================================
+
+def _pre_tokenizer_name(pre: dict | None) -> str:
+    """llama.cpp's name for a byte-level BPE pre-tokenizer (tokenizer.json's ``pre_tokenizer``)."""
+    s = json.dumps(pre or {})
+    if '"Digits"' in s and '"individual_digits": true' in s:
+        return "smollm"
+    if json.dumps(_LLAMA3_SPLIT) in s:
+        return "llama-bpe"
+    if json.dumps(_QWEN2_SPLIT) in s:
+        return "qwen2"
+    if (pre or {}).get("type") == "ByteLevel":
+        return "gpt2"
+    raise ValueError("the tokenizer's pre-tokenizer has no llama.cpp name that llmgpu knows (gpt2, smollm, "
+                     "llama-bpe, qwen2); this model cannot be exported to GGUF")
+
+
+def _tokenizer_fields(ckpt: Checkpoint, vocab_size: int) -> dict:
+    tj = json.loads(ckpt.tokenizer.to_str())
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tj.get("decoder")):
+        raise ValueError("only byte-level BPE tokenizers (GPT-2 style: SmolLM, Llama 3, Qwen) can be exported "
+                         "to GGUF; this checkpoint's tokenizer is not one")
+    added = {a["id"]: a for a in tj.get("added_tokens") or []}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        tok = ckpt.tokenizer.id_to_token(i)
+        if tok is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(5)  # UNUSED
+        else:
+            tokens.append(tok)
+            types.append((3 if added[i].get("special") else 4) if i in added else 1)  # CONTROL / USER / NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_tokenizer_name(tj.get("pre_tokenizer"))}
+
+
+def _write_metadata(w, ckpt: Checkpoint, name: str) -> None:
+    import gguf
+
+    cfg = ckpt.config
+    if cfg.sliding_window is not None:
+        raise ValueError("a sliding-window model cannot be exported as GGUF llama")
+    w.add_name(name)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_vocab_size(cfg.vocab_size)
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+    tf = _tokenizer_fields(ckpt, cfg.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(tf["pre"])
+    w.add_token_list(tf["tokens"])
+    w.add_token_types(tf["types"])
+    w.add_token_merges(tf["merges"])
+    if ckpt.bos_token_id is not None:
+        w.add_bos_token_id(ckpt.bos_token_id)
+    eos = list(ckpt.eos_token_ids) or list(cfg.eos_token_id)
+    if eos:
+        w.add_eos_token_id(eos[0])
+    if len(eos) > 1:
+        w.add_eot_token_id(eos[1])
+    w.add_add_bos_token(bool(ckpt.add_bos))
+    if ckpt.chat_template:
+        w.add_chat_template(ckpt.chat_template)
+
+
+def _rope_freqs(cfg) -> np.ndarray | None:
+    """Llama 3 rope scaling as llama.cpp stores it: per-frequency divisors (rope_freqs.weight)."""
+    from .config import rope_inv_freq
+    if not cfg.rope_scaling or cfg.rope_scaling["rope_type"] != "llama3":
+        return None
+    base = 1.0 / cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim)
+    return (base / rope_inv_freq(cfg)).astype(np.float32)
+
+
+# ==== writing ==================================================================================
+
+def _target(out, force: bool) -> Path:
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another -o or pass --force to replace it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: no such directory")
+    return out
+
+
+def export_gguf(ckpt: Checkpoint, out, *, force: bool = False, progress: bool = True) -> Path:
+    """Write ``ckpt`` (q4gsw, see the module doc) as one GGUF file at ``out``, atomically."""
+    import gguf
+    from tqdm import tqdm
+
+    out = _target(out, force)
+    arch = GGUF_ARCH.get(ckpt.config.model_type)
+    if arch is None:
+        raise ValueError(f"model type {ckpt.config.model_type!r} cannot be exported to GGUF")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        _write_metadata(w, ckpt, Path(str(ckpt.source)).stem or "model")
+        if (freqs := _rope_freqs(ckpt.config)) is not None:
+            w.add_tensor("rope_freqs.weight", freqs)
+        for gname, arr, qtype in tqdm(gguf_tensors(ckpt), total=len(ckpt.tensors), desc="converting",
+                                      unit="tensor", disable=not progress):
+            w.add_tensor(gname, arr, raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=progress)
+        w.close()
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
