@@ -19,16 +19,17 @@ with open(os.environ["OUT"] + "/decode.jsonl", "a") as f:
     f.write(json.dumps({"shape": sys.argv[1], "args": sys.argv[2], **d}) + "\n")
 for r in d["rows"]:
     print(f"{sys.argv[1]:<14} {sys.argv[2]:<40} {r['test']:<12} {r['tps']:8.1f} ± {r['sd']:5.1f} t/s  "
-          f"{r['roofline_pct']:5.1f}% roof  {r['schedule']} disp {r['dispatches']} barriers {r['barriers']}")
+          f"{r['roofline_pct']:5.1f}% roof  {r['schedule']} disp {r['dispatches']} barriers {r['barriers']} "
+          f"wg {r.get('workgroups')}")
 PY
 }
 for s in $shapes; do
   bench "$s" -n 128 --decode ops
   bench "$s" -n 128 --decode persistent
 done
-for w in 132 396 528; do
-  bench llama-3.2-1b -n 128 --decode persistent --workgroups "$w"
-  bench llama-3.1-8b -n 128 --decode persistent --workgroups "$w"
+for cfg in WG=256,TPR=16 WG=128,TPR=32 WG=128,TPR=16 WG=64,TPR=16; do
+  bench llama-3.2-1b -n 128 --decode persistent --kernel-config "$cfg"
+  bench llama-3.1-8b -n 128 --decode persistent --kernel-config "$cfg"
 done
 bench llama-3.2-1b -n 128 -d 4096 --decode ops
 bench llama-3.2-1b -n 128 -d 4096 --decode persistent

@@ -130,8 +130,11 @@ def _bench_model(args, dev):
         ckpt = load_cached_or_quantize(args.model or default_model_path(), args.group_size, progress=not args.json)
         label = str(args.model or "default (SmolLM2-135M-Instruct)")
     model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + args.d + 16), decode=args.decode)
-    if getattr(args, "workgroups", 0) and model.kernel is not None:
-        model.kernel.workgroups = args.workgroups
+    if model.kernel is not None:
+        model.kernel.workgroups = getattr(args, "workgroups", 0) or None
+        for kv in filter(None, (getattr(args, "kernel_config", "") or "").split(",")):
+            k, _, v = kv.partition("=")
+            model.kernel.config[k.strip()] = int(v)
     if args.p + args.n + args.d + 1 > model.max_seq:
         raise ValueError(f"-p {args.p} + -n {args.n} + -d {args.d} exceed the context {model.max_seq}; raise --ctx")
     return model, label
@@ -184,7 +187,8 @@ def step_shape(model) -> dict:
         return dict(schedule="ops", dispatches=n, phases=n, barriers=0)
     p = model.kernel.n_phases
     return dict(schedule=model.decode_schedule, dispatches=n, phases=p,
-                barriers=p - 1 if model.decode_schedule == "persistent" else 0)
+                barriers=p - 1 if model.decode_schedule == "persistent" else 0,
+                workgroups=model.kernel.workgroups)
 
 
 def run(args) -> int:
@@ -214,7 +218,7 @@ def _print_csv(rows, label, adapter) -> None:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
                                          "roofline_pct", "encode_ms", "schedule", "dispatches", "phases",
-                                         "barriers"])
+                                         "barriers", "workgroups"])
     w.writeheader()
     for r in rows:
         w.writerow({"model": label, "adapter": adapter, **r})
@@ -267,6 +271,8 @@ def add_arguments(p) -> None:
     p.add_argument("-d", type=int, default=0, help="depth: tg runs after a prompt of this many tokens (llama-bench's -d)")
     p.add_argument("--decode", default="auto", choices=DECODE_SCHEDULES, help="decode schedule (see `generate --help`)")
     p.add_argument("--workgroups", type=int, default=0, help="workgroups of the decode kernel (default: by adapter)")
+    p.add_argument("--kernel-config", default="", metavar="K=V,...",
+                   help="decode kernel shape for sweeps, e.g. WG=128,TPR=16")
     p.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step")
     p.add_argument("--profile-png", help="also draw the profile as a PNG chart (needs matplotlib)")

@@ -21,11 +21,11 @@ import numpy as np
 
 from .gpu import UNIFORM
 from .model import _cat_rows, _interleave32
-from .ops import Op
+from .ops import Op, submit
 from .quant import Q4Tensor, Q8Tensor
 
 PHASES_PER_LAYER = 5
-WG, TPR = 256, 32
+WG = 256
 MAX_WEIGHTS = 2048  # combine weights in workgroup memory: n_heads · blocks
 
 
@@ -89,11 +89,12 @@ class DecodeKernel:
         self._upload_weights()
         self._allocate_scratch()
         self.step = self.dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="decode.step", binding=False)
-        # Workgroups per dispatch. A CPU adapter runs them one after another, each at a fixed cost
-        # (~0.5 ms on lavapipe), so few; a GPU two per SM of an H100/H200 (a persistent launch must
-        # not exceed what is resident: more would trip the barrier, which falls back to phased).
-        self.workgroups = workgroups or (4 if self.dev.is_cpu else 264)
+        # Workgroups per dispatch (None: by schedule). Phased: a CPU adapter runs them one after
+        # another, each at a fixed cost (~0.5 ms on lavapipe), so 4; a GPU 264. Persistent: as many
+        # as the adapter keeps resident (measured once; more would trip the barrier).
+        self.workgroups = workgroups
         self.spin = 200_000  # iterations a grid barrier waits before it gives up (0: at once, for tests)
+        self.config: dict = {}  # kernel shape overrides for sweeps: WG (workgroup size), TPR (threads a row)
         self._grid = 0
         self._ops: dict = {}
 
@@ -164,10 +165,23 @@ class DecodeKernel:
         self.sync = dev.buffer(size=16, label="decode.sync")  # counter, error flag, discovery words
 
     # ---- pipelines and ops --------------------------------------------------------------
+    def row_threads(self) -> tuple[int, bool]:
+        """Threads per weight row, and whether a row's threads share a subgroup (then the row sums
+        need no workgroup barrier): 32 for rows of 2048+ columns, 16 below, at most a subgroup."""
+        cfg, dev = self.model.config, self.dev
+        tpr = 32 if min(cfg.hidden_size, cfg.q_dim, cfg.intermediate_size) >= 2048 else 16
+        if dev.has_subgroups:
+            return min(tpr, dev.subgroup_size), True
+        return tpr, False
+
     def consts(self, persistent: bool) -> dict:
         cfg, m, dev = self.model.config, self.model, self.dev
         widest = max(cfg.hidden_size, cfg.intermediate_size, cfg.q_dim)
-        return dict(WG=WG, TPR=TPR, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,
+        tpr, sg_rows = self.row_threads()
+        tpr = self.config.get("TPR", tpr)
+        if dev.has_subgroups and tpr > dev.subgroup_size:
+            raise ValueError(f"TPR {tpr} exceeds the subgroup size {dev.subgroup_size}")
+        return dict(WG=self.config.get("WG", WG), TPR=tpr, SG_ROWS=sg_rows, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,
                     NKV=cfg.num_key_value_heads, HD=cfg.head_dim, V=cfg.vocab_size, NL=cfg.num_hidden_layers,
                     MAXSEQ=m.max_seq, GS=self.group_size, EPS=float(cfg.rms_norm_eps), BLOCK=self.block,
                     CSTRIDE=m.kv.stride // (4 * np.dtype(dev.act_dtype).itemsize), XS4=widest // 16, XD=widest // 32,
@@ -189,13 +203,26 @@ class DecodeKernel:
         """The dispatches of one step: one (persistent) or one per phase (phased)."""
         if schedule not in self._ops:
             if schedule == "persistent":
+                if self.workgroups is None:
+                    self.workgroups = self.resident_workgroups()
                 self._grid = self.workgroups
                 self._ops[schedule] = [self._op(True, 0, self.n_phases, self.workgroups)]
             elif schedule == "phased":
-                self._ops[schedule] = [self._op(False, p, p + 1, self.workgroups) for p in range(self.n_phases)]
+                n = self.workgroups or (4 if self.dev.is_cpu else 264)
+                self._ops[schedule] = [self._op(False, p, p + 1, n) for p in range(self.n_phases)]
             else:
                 raise ValueError(f"unknown decode schedule {schedule!r}")
         return self._ops[schedule]
+
+    def resident_workgroups(self, launch: int = 4096) -> int:
+        """How many workgroups of the persistent pipeline run at once on this adapter (discover()
+        in decode.wgsl): a persistent launch must not exceed it."""
+        op = self._op(True, 0xFFFFFFFF, 0, launch)
+        self.dev.write(self.sync, np.zeros(4, np.uint32))
+        submit(self.dev, [op])
+        n = int(self.dev.read(self.sync, np.uint32, (4,))[3])
+        self.dev.write(self.sync, np.zeros(4, np.uint32))  # the next step's barriers count from 0
+        return max(1, n)
 
     def barriers_held(self, sync: np.ndarray) -> bool:
         """After a persistent step: no spin ran out, and every workgroup passed every barrier (the

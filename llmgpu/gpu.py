@@ -254,15 +254,43 @@ class Device:
             self._sync_buf = self.buffer(size=16, label="sync")
         self.queue.read_buffer(self._sync_buf, 0, 4)
 
+    @property
+    def subgroup_size(self) -> int:
+        """Invocations per subgroup as kernels see them (measured once; 1 without subgroups)."""
+        if not hasattr(self, "_subgroup_size"):
+            self._subgroup_size = 1
+            if self.has_subgroups:
+                pipe = self.pipeline("subgroup_size")
+                out = self.buffer(size=16, label="subgroup_size")
+                enc = self.device.create_command_encoder()
+                cpass = enc.begin_compute_pass()
+                cpass.set_pipeline(pipe.pipeline)
+                cpass.set_bind_group(0, self.bind_group(pipe, {"out": out}))
+                cpass.dispatch_workgroups(1)
+                cpass.end()
+                self.queue.submit([enc.finish()])
+                self._subgroup_size = int(self.read(out, np.uint32, (1,))[0])
+        return self._subgroup_size
+
     # -- shaders and pipelines --------------------------------------------------------------
     def _source(self, shader: str) -> str:
-        """The shader's text, with `//#include NAME` lines replaced by shaders/NAME.wgsl."""
+        """The shader's text, with `//#include NAME` lines replaced by shaders/NAME.wgsl, and
+        `//#include NAME(ARG)` by that file with every `$K` replaced by ARG (one template, several
+        copies: the decode kernel's GEMV for each weight it reads)."""
         if shader not in self._sources:
             lines = (shader_dir() / f"{shader}.wgsl").read_text().splitlines()
-            out = [self._source(t.strip()[11:].strip()) if t.strip().startswith("//#include ") else t
-                   for t in lines]
-            self._sources[shader] = "\n".join(out) + "\n"
+            self._sources[shader] = "\n".join(self._include(t) for t in lines) + "\n"
         return self._sources[shader]
+
+    def _include(self, line: str) -> str:
+        t = line.strip()
+        if not t.startswith("//#include "):
+            return line
+        name = t[11:].strip()
+        if name.endswith(")") and "(" in name:
+            name, arg = name[:-1].split("(", 1)
+            return self._source(name).replace("$K", arg.strip())
+        return self._source(name)
 
     def source(self, shader: str, consts: dict | None = None, types: dict | None = None,
                snippets: dict | None = None) -> tuple[str, dict]:

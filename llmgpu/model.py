@@ -388,9 +388,9 @@ class Model:
         self.dev.write(self.buf.ids, np.asarray(ids, np.uint32))
         self.dev.write(self.step, np.array([self.kv.pos, 0, 0, 0], np.uint32))
         decode = M == 1 and head
-        if decode and self.kernel is not None:
-            self.kernel.prepare(self.kv.pos, ids[0])
         cmd = self._next_decode if decode and self._next_decode is not None else self._record(M, head)
+        if decode and self.kernel is not None:  # (after recording: that may run a discovery dispatch)
+            self.kernel.prepare(self.kv.pos, ids[0])
         self.dev.queue.submit([cmd])
         self._next_decode = None
         self.kv.ids += ids

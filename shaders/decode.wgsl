@@ -24,7 +24,8 @@
 //
 // Types: act_t = scale type (f16 | f32), cache_t, emb_t. Overrides: the model's shape (D, FF, NH,
 // NKV, HD, V, NL, MAXSEQ, GS, EPS), the kernel's (WG, TPR, BLOCK, SPIN). Flags: PERSISTENT,
-// COHERENT, SUBGROUPS, HAS_OFFSETS (q4 weights carry per-group offsets), QKV_BIAS, O_BIAS,
+// COHERENT, SUBGROUPS, SG_ROWS (TPR ≤ the subgroup size: row sums by subgroup shuffles, no
+// barrier), HAS_OFFSETS (q4 weights carry per-group offsets), QKV_BIAS, O_BIAS,
 // QK_NORM, HEAD_W8 (lm_head int8 per 32, else q4gsw), HEAD_OFFSETS.
 // Bindings (group 0), L = NL layers stacked along rows:
 //   S      uniform  pos (this token's position), token, nb (attention blocks: ceil((pos+1)/BLOCK))
@@ -49,7 +50,7 @@
 //   aq     rw       array<vec4<u32>> (FF/16), ad rw array<vec2<f32>> (FF/32): silu(gate)·up, int8
 //   logits rw       array<f32>  (V)
 //   sync   rw       array<atomic<u32>>  [0] barrier counter (zeroed by the host each step),
-//                   [1] error flag (a spin ran out)
+//                   [1] error flag (a spin ran out), [2], [3] occupancy discovery (discover())
 
 override WG: u32 = 256u;
 override TPR: u32 = 32u;          // threads per weight row (a power of two, divides WG)
@@ -134,7 +135,9 @@ struct Range { first: u32, last: u32, _a: u32, _b: u32 }
 var<workgroup> xs: array<vec4<u32>, XS4>;    // int8 activations of the phase's GEMV
 var<workgroup> xds: array<vec2<f32>, XD>;    // their (scale, 8·Σq) per 32
 var<workgroup> xf: array<vec4<f32>, D4>;     // the head's f32 activations
+//#if !SG_ROWS
 var<workgroup> gred: array<f32, WG>;         // GEMV partial sums
+//#endif
 var<workgroup> ys: array<f32, 64>;           // gate/up sums of one block of 64 rows
 var<workgroup> av: array<vec4<f32>, 8>;      // silu(gate)·up of that block
 var<workgroup> qs: array<vec4<f32>, 64>;     // attention: the query (scaled), hd ≤ 256
@@ -168,6 +171,23 @@ fn grid_sync(lid: u32, goal: u32) -> bool {
     workgroupBarrier();
     storageBarrier();
     return workgroupUniformLoad(&stop) == 0u;
+}
+
+// Occupancy discovery (R.first = 0xFFFFFFFF, a grid far larger than can be resident): each
+// workgroup that starts while the window is open counts itself, then waits SPIN iterations; the
+// first to finish closes the window and records the count. Workgroups that start later (only
+// once a resident one has finished) see it closed. sync[3] = workgroups resident at once.
+fn discover(lid: u32) {
+    if (lid == 0u && atomicLoad(&sync[2]) == 0u) {
+        atomicAdd(&sync[0], 1u);
+        var n = 0u;
+        loop {
+            if (atomicLoad(&sync[2]) != 0u) { break; }
+            n++;
+            if (n > SPIN) { break; }
+        }
+        if (atomicExchange(&sync[2], 1u) == 0u) { atomicStore(&sync[3], atomicLoad(&sync[0])); }
+    }
 }
 //#endif
 
@@ -213,55 +233,11 @@ fn norm_q8(woff: u32, first: bool, lid: u32, sgs: u32) {
 
 // ---- GEMV rows: TPR lanes per row, int8 activations from xs / xds -----------------------
 
-// This lane's part of row r (a row of the stacked weight) · x, for a q4gsw weight of K columns.
-fn dot_qkv(r: u32, K: u32, lane: u32) -> f32 {
-    var acc = 0.0;
-    for (var c = lane; c < K / 32u; c += TPR) {
-        let gi = r * (K / GS) + (c * 32u) / GS;
-        let dx = xds[c];
-        acc += f32(s_qkv[gi]) * dx.x * f32(idot32(w_qkv[r * (K / 32u) + c], xs[2u * c], xs[2u * c + 1u]) - i32(dx.y));
-//#if HAS_OFFSETS
-        acc += o_qkv[gi] * dx.x * (dx.y / 8.0);
-//#endif
-    }
-    return acc;
-}
-fn dot_o(r: u32, K: u32, lane: u32) -> f32 {
-    var acc = 0.0;
-    for (var c = lane; c < K / 32u; c += TPR) {
-        let gi = r * (K / GS) + (c * 32u) / GS;
-        let dx = xds[c];
-        acc += f32(s_o[gi]) * dx.x * f32(idot32(w_o[r * (K / 32u) + c], xs[2u * c], xs[2u * c + 1u]) - i32(dx.y));
-//#if HAS_OFFSETS
-        acc += o_o[gi] * dx.x * (dx.y / 8.0);
-//#endif
-    }
-    return acc;
-}
-fn dot_gu(r: u32, K: u32, lane: u32) -> f32 {
-    var acc = 0.0;
-    for (var c = lane; c < K / 32u; c += TPR) {
-        let gi = r * (K / GS) + (c * 32u) / GS;
-        let dx = xds[c];
-        acc += f32(s_gu[gi]) * dx.x * f32(idot32(w_gu[r * (K / 32u) + c], xs[2u * c], xs[2u * c + 1u]) - i32(dx.y));
-//#if HAS_OFFSETS
-        acc += o_gu[gi] * dx.x * (dx.y / 8.0);
-//#endif
-    }
-    return acc;
-}
-fn dot_dn(r: u32, K: u32, lane: u32) -> f32 {
-    var acc = 0.0;
-    for (var c = lane; c < K / 32u; c += TPR) {
-        let gi = r * (K / GS) + (c * 32u) / GS;
-        let dx = xds[c];
-        acc += f32(s_dn[gi]) * dx.x * f32(idot32(w_dn[r * (K / 32u) + c], xs[2u * c], xs[2u * c + 1u]) - i32(dx.y));
-//#if HAS_OFFSETS
-        acc += o_dn[gi] * dx.x * (dx.y / 8.0);
-//#endif
-    }
-    return acc;
-}
+//#include decode_gemv(qkv)
+//#include decode_gemv(o)
+//#include decode_gemv(gu)
+//#include decode_gemv(dn)
+
 // lm_head row r with the f32 activations in xf.
 fn dot_hd(r: u32, lane: u32) -> f32 {
     var acc = 0.0;
@@ -289,27 +265,25 @@ fn dot_hd(r: u32, lane: u32) -> f32 {
 }
 
 // The TPR lanes' parts of each row of a pass summed; valid in lane 0 of each row (lid % TPR == 0).
+//#if SG_ROWS
+// TPR ≤ the subgroup size: a row's lanes are in one subgroup, so no workgroup barrier.
 fn row_sum(acc: f32, lid: u32, sgs: u32) -> f32 {
     var a = acc;
-    var step = 1u;
-//#if SUBGROUPS
-    if (sgs <= TPR) {
-        a = subgroupAdd(a);
-        step = sgs;
-    } else {
-        for (var o = TPR / 2u; o > 0u; o /= 2u) { a += subgroupShuffleXor(a, o); }
-        step = TPR;
-    }
-//#endif
-    gred[lid] = a;
+    for (var o = TPR / 2u; o > 0u; o /= 2u) { a += subgroupShuffleXor(a, o); }
+    return a;
+}
+//#else
+fn row_sum(acc: f32, lid: u32, sgs: u32) -> f32 {
+    gred[lid] = acc;
     workgroupBarrier();
     var s = 0.0;
     if (lid % TPR == 0u) {
-        for (var i = 0u; i < TPR; i += step) { s += gred[lid + i]; }
+        for (var i = 0u; i < TPR; i++) { s += gred[lid + i]; }
     }
     workgroupBarrier();
     return s;
 }
+//#endif
 
 // ---- the phases -------------------------------------------------------------------------
 
@@ -577,6 +551,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let sgs = 1u;
 //#endif
     let first = R.first;
+//#if PERSISTENT
+    if (first == 0xFFFFFFFFu) { discover(lid); return; }
+//#endif
     for (var ph = first; ph < R.last; ph++) {
 //#if PERSISTENT
         if (ph > first && !grid_sync(lid, (ph - first) * nwg.x)) { return; }

@@ -40,6 +40,22 @@ def close(got, want, tol, what):
     assert err < tol, f"{what}: max error {err:.2e} relative to the largest value"
 
 
+def close_q8(got, want, what):
+    """int8 blocks against the NumPy quantization of the float reference `want` (rows, K): exact up
+    to one quantization step where x·127/max|x| falls within float rounding of a .5 boundary (a GPU
+    may round its division differently), and such elements rare; `want` itself within 1e-4 of the
+    quantized float result's scale, so a wrong input shows."""
+    want = np.asarray(want, np.float32).reshape(-1, 32)
+    got = np.asarray(got, np.float64).reshape(-1, 32)
+    ref = q8_activations(want).astype(np.float64).reshape(-1, 32)
+    assert not np.isnan(got).any(), f"{what}: an element was never written"
+    step = np.abs(np.asarray(want, np.float64)).reshape(-1, 32).max(1, keepdims=True) / 127
+    diff = np.abs(got - ref)
+    assert (diff <= 1.001 * step + 1e-30).all(), f"{what}: off by more than one int8 step"
+    off = (diff > 1e-3 * step).mean()
+    assert off <= 0.02, f"{what}: {off:.1%} of the values are off by a step"
+
+
 def heads_config(n_heads, n_kv, hd, max_seq=64, qk_norm=False):
     return ModelConfig.from_hf(dict(model_type="qwen3" if qk_norm else "llama", vocab_size=64, hidden_size=64,
                                     intermediate_size=64, num_hidden_layers=1, num_attention_heads=n_heads,
@@ -71,7 +87,7 @@ def check_rmsnorm(dev, rng):
         ops.submit(dev, [ops.rmsnorm(dev, dev.buffer(x), dev.buffer(w), out, rows=rows, dim=dim, eps=eps, row0=row0)])
         want = ref.rmsnorm(x[row0:], w, eps)
         if q8:
-            close(read_q8(dev, out, rows, dim), q8_activations(want.astype(F32)), 1e-5, "rmsnorm → int8")
+            close_q8(read_q8(dev, out, rows, dim), want, "rmsnorm → int8")
         else:
             close(dev.read(out, F32, (rows, dim)), want, 1e-5, "rmsnorm")
 
@@ -189,8 +205,7 @@ def check_attention_decode(dev, rng):
             K2[pos], V2[pos] = wk[0], wv[0]  # the kernel uses this token's key and value unrounded
             want = ref.attention(wq, K2, V2, pos)[0].reshape(-1)
             if q8:
-                close(read_q8(dev, out, 1, nh * hd)[0], q8_activations(want[None].astype(F32))[0], 1e-4,
-                      "attention_decode → int8")
+                close_q8(read_q8(dev, out, 1, nh * hd)[0], want, "attention_decode → int8")
             else:
                 close(dev.read(out, F32, (nh * hd,)), want, 1e-5, "attention_decode")
             tol = 1e-5 if dev.act_type == "f32" else 2e-3
@@ -216,7 +231,7 @@ def check_silu_mul(dev, rng):
         want = gate / (1 + np.exp(-gate.astype(np.float64))) * up
         np.testing.assert_allclose(ref.silu_mul_interleaved(gu, ff), want, rtol=1e-12)  # the reference's layout
         if q8:
-            close(read_q8(dev, out, rows, ff), q8_activations(want.astype(F32)), 1e-5, "silu_mul → int8")
+            close_q8(read_q8(dev, out, rows, ff), want, "silu_mul → int8")
         else:
             close(dev.read(out, F32, (rows, ff)), want, 1e-5, "silu_mul")
 
@@ -231,7 +246,7 @@ def check_quantize_q8(dev, rng):
         x[0, :32] = 0  # an all-zero block: scale 0, no division by zero
         q = ops.q8_act(dev, K, M)
         ops.submit(dev, [ops.quantize_q8(dev, dev.buffer(x), q)])
-        close(read_q8(dev, q, M, K), q8_activations(x.astype(F32)), 1e-6, "quantize_q8")
+        close_q8(read_q8(dev, q, M, K), x.astype(F32), "quantize_q8")
 
 
 def test_quantize_q8(dev, rng):

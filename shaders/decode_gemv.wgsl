@@ -1,0 +1,39 @@
+// The decode kernel's GEMV for one stacked weight (`//#include decode_gemv(K)` makes dot_K for the
+// bindings w_K, s_K (and o_K)): int8 activations from workgroup memory (xs, xds).
+
+// One chunk of 32 weights (q, chunk c of its row) · the activations: scale × int8 dot product,
+// with the nibbles' offset of 8 (and a group offset) taken out through the block's Σq.
+fn term_$K(q: vec4<u32>, c: u32, gbase: u32) -> f32 {
+    let gi = gbase + (c * 32u) / GS;
+    let dx = xds[c];
+    var t = f32(s_$K[gi]) * dx.x * f32(idot32(q, xs[2u * c], xs[2u * c + 1u]) - i32(dx.y));
+//#if HAS_OFFSETS
+    t += o_$K[gi] * dx.x * (dx.y / 8.0);
+//#endif
+    return t;
+}
+
+// This lane's part of row r (K columns): chunks lane, lane + TPR, ..., four loads issued
+// before their arithmetic so that they are in flight together.
+fn dot_$K(r: u32, K: u32, lane: u32) -> f32 {
+    let nch = K / 32u;
+    let base = r * nch;
+    let gbase = r * (K / GS);
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    var c = lane;
+    for (; c + 3u * TPR < nch; c += 4u * TPR) {
+        let q0 = w_$K[base + c];
+        let q1 = w_$K[base + c + TPR];
+        let q2 = w_$K[base + c + 2u * TPR];
+        let q3 = w_$K[base + c + 3u * TPR];
+        a0 += term_$K(q0, c, gbase);
+        a1 += term_$K(q1, c + TPR, gbase);
+        a2 += term_$K(q2, c + 2u * TPR, gbase);
+        a3 += term_$K(q3, c + 3u * TPR, gbase);
+    }
+    for (; c < nch; c += TPR) { a0 += term_$K(w_$K[base + c], c, gbase); }
+    return (a0 + a1) + (a2 + a3);
+}
