@@ -355,7 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="debugging: write the expanded WGSL of every kernel compiled (generated loops, "
                         "//#if blocks resolved, override values on top) into DIR")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_generate(sub)
+    _add_chat(sub)
+    _add_quantize(sub)
+    _add_perplexity(sub)
+    _add_serve(sub)
+    _add_export(sub)
+    _add_bench(sub)
+    return p
 
+
+def _add_generate(sub) -> None:
     g = sub.add_parser("generate", help="answer one prompt, streaming to stdout",
                        description="Answer one prompt, streaming the text to stdout; one line of speeds "
                                    "goes to stderr at the end.")
@@ -367,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the prompt as raw text instead of a user message in the model's chat template")
     g.set_defaults(func=_generate)
 
+
+def _add_chat(sub) -> None:
     c = sub.add_parser("chat", help="interactive chat (reads lines from stdin)",
                        description=f"Chat in the terminal, keeping the conversation and its KV cache. {CHAT_HELP}.")
     _add_model_args(c)
@@ -375,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--stats", action="store_true", help="print a line of speeds to stderr after each answer")
     c.set_defaults(func=_chat)
 
+
+def _add_quantize(sub) -> None:
     q = sub.add_parser("quantize", help="quantize a checkpoint to a q4gsw directory",
                        description="Quantize a float checkpoint's linear layers to q4gsw and save the result "
                                    "as a directory that every llmgpu command loads with --model DIR.")
@@ -388,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     q.set_defaults(func=_quantize)
 
+
+def _add_perplexity(sub) -> None:
     x = sub.add_parser("perplexity", help="perplexity of a text file",
                        description="Perplexity of a UTF-8 text file, evaluated in windows of --ctx tokens.")
     x.add_argument("file", help="a UTF-8 text file")
@@ -398,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     x.set_defaults(func=_perplexity)
 
+
+def _add_serve(sub) -> None:
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a chat page",
                        description="Serve the model over HTTP: the OpenAI API (/v1/chat/completions, "
                                    "/v1/completions, /v1/models) and a chat page at /. Requests are served one "
@@ -412,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait while one is served; more get 429 (default 32)")
     s.set_defaults(func=_serve)
 
+
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write the quantized model as a GGUF file (llama.cpp)",
                        description="Write the model's q4gsw weights as GGUF for llama.cpp: Q4_0 (exact), Q4_1 "
                                    "for weights with offsets, the int8 lm_head as Q8_0, with tokenizer, chat "
@@ -419,19 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="a Hugging Face directory or hub id, a .gguf file or a q4gsw directory")
     e.add_argument("--to", required=True, choices=("gguf",), help="the format to write")
     e.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write")
-    e.add_argument("--group-size", type=int, default=32, choices=(32, 64, 128),
-                   help="q4gsw group size when quantizing a float checkpoint (default 32)")
+    e.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
+                   help=f"q4gsw group size when quantizing a float checkpoint (default {DEFAULT_GROUP_SIZE})")
     e.add_argument("--force", action="store_true", help="replace PATH if it exists")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     e.set_defaults(func=_export)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: tokens/s of a model, or `bench kernels`")
     b.add_argument("what", nargs="?", choices=["kernels"], help="`kernels`: the q4gsw GEMV/GEMM alone")
     from . import bench, bench_kernels
     bench_kernels.add_arguments(b)  # (bench.run also reads --group-size, --stream-bytes and --json from here)
     bench.add_arguments(b)
     b.set_defaults(func=_bench)
-    return p
 
 
 REPORT_URL = "https://github.com/llmgpu/llmgpu/issues"

@@ -180,16 +180,7 @@ class ModelConfig:
         theta = _f32(get("rope.freq_base", 10000.0))
         max_pos = int(get("context_length", 2048))
 
-        scaling = None
-        stype = get("rope.scaling.type")
-        if stype == "linear" and float(get("rope.scaling.factor", 1.0)) != 1.0:
-            scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
-        elif stype not in (None, "none", "linear"):
-            raise ValueError(f"GGUF rope scaling {stype!r} is not supported (supported: none, linear, "
-                             "llama3 via rope_freqs)")
-        if "rope_freqs.weight" in names:
-            t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
-            scaling = _llama3_from_freq_factors(np.asarray(t.data, np.float64), theta, head_dim)
+        scaling = _gguf_rope_scaling(reader, get, theta, head_dim)
 
         eos = [gguf_value(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
         if not all(e is None or _token_id(e) for e in eos + [gguf_value(reader, "tokenizer.ggml.bos_token_id")]):
@@ -213,6 +204,21 @@ class ModelConfig:
             bos_token_id=gguf_value(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_id=tuple(dict.fromkeys(int(e) for e in eos if e is not None)),
         )
+
+
+def _gguf_rope_scaling(reader, get, theta: float, head_dim: int) -> dict | None:
+    """HF rope_scaling from GGUF metadata: linear from rope.scaling.*, llama3 from a rope_freqs tensor."""
+    scaling = None
+    stype = get("rope.scaling.type")
+    if stype == "linear" and float(get("rope.scaling.factor", 1.0)) != 1.0:
+        scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    elif stype not in (None, "none", "linear"):
+        raise ValueError(f"GGUF rope scaling {stype!r} is not supported (supported: none, linear, "
+                         "llama3 via rope_freqs)")
+    t = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if t is not None:
+        scaling = _llama3_from_freq_factors(np.asarray(t.data, np.float64), theta, head_dim)
+    return scaling
 
 
 def _is_int(v) -> bool:

@@ -127,7 +127,8 @@ def context_size(cfg: ModelConfig, max_seq) -> int:
 
 class KVCache:
     """Keys and values of every layer on the GPU, and the token ids whose keys and values they
-    hold (positions 0 .. len(ids) - 1). The only place the context limit is checked."""
+    hold (positions 0 .. len(ids) - 1; generate.cached_prefix compares them with a new prompt).
+    The only place the context limit is checked."""
 
     def __init__(self, dev: Device, n_layers: int, heads: Heads):
         self.heads = heads
@@ -164,14 +165,6 @@ class KVCache:
             raise ValueError(f"cannot truncate the cache to {n} tokens (it holds {self.pos})")
         del self.ids[n:]
 
-    def common_prefix(self, ids) -> int:
-        """How many leading `ids` the cache already holds."""
-        n = 0
-        for a, b in zip(self.ids, ids):
-            if a != b:
-                break
-            n += 1
-        return n
 
 
 @dataclass

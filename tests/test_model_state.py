@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from llmgpu.bench import random_checkpoint
+from llmgpu.generate import cached_prefix
 from llmgpu.model import Model
 
 from .conftest import get_device
@@ -25,7 +26,7 @@ def test_the_cache_knows_its_ids(ckpt):
     m.prefill([5, 6, 7, 8, 9, 10])
     m.decode(11)
     assert m.pos == 7 and m.cached_ids == [5, 6, 7, 8, 9, 10, 11]
-    assert m.kv.common_prefix([5, 6, 7, 1]) == 3
+    assert cached_prefix(m, [5, 6, 7, 1]) == 3
     m.truncate(2)
     assert m.cached_ids == [5, 6]
     with pytest.raises(ValueError, match="cannot truncate"):
