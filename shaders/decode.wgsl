@@ -75,7 +75,15 @@ override CSTRIDE: u32 = MAXSEQ * NKV * HD4;   // a layer's cache, in vec4s (padd
 override XS4: u32 = 16u;          // max(D, FF, QD) / 16: int8 activations in workgroup memory
 override XD: u32 = 2u;            // max(D, FF, QD) / 32
 override D4: u32 = D / 4u;
+override XF4: u32 = D4;           // the head's f32 activations (a separate size only for occupancy probes)
 override NWTS: u32 = NH * NBMAX;  // ≤ 2048 (the host picks BLOCK so)
+override W0: u32 = XS4 + (XD + 1u) / 2u;
+override A_QS: u32 = WG;
+override A_VF: u32 = WG + HD4;
+override A_QF: u32 = WG + 2u * HD4;
+override A_KF: u32 = WG + 3u * HD4;
+override A_SB: u32 = WG + 4u * HD4;
+override WSM4: u32 = max(max(W0 + (NWTS + 3u) / 4u, XF4), A_SB + (BLOCK + 3u) / 4u);
 
 struct Step { pos: u32, token: u32, nb: u32, _a: u32 }
 struct Range { first: u32, last: u32, _a: u32, _b: u32 }
@@ -132,22 +140,37 @@ struct Range { first: u32, last: u32, _a: u32, _b: u32 }
 //#include reduce
 //#include rope
 
-var<workgroup> xs: array<vec4<u32>, XS4>;    // int8 activations of the phase's GEMV
-var<workgroup> xds: array<vec2<f32>, XD>;    // their (scale, 8·Σq) per 32
-var<workgroup> xf: array<vec4<f32>, D4>;     // the head's f32 activations
+// Workgroup memory is one array that every phase views its own way (it bounds how many workgroups
+// an SM keeps resident, measured: bench/occupancy_probe.py), phases separated by barriers:
+//   GEMV phases  xs: int8 activations [0, XS4) · xds: their (scale, 8·Σq), two per vec4, [XS4, W0)
+//   O phase      also the attention combine weights wts at [W0, W0 + NWTS/4)
+//   head         xf: f32 activations [0, D4)
+//   attention    oacc: weighted values per position group [0, WG) · qs (query), vf (value), qf, kf
+//                (rotated query and key, scalars), sb (one block's scores): HD/4 vec4 each, then BLOCK/4
+var<workgroup> wsm: array<vec4<u32>, WSM4>;
 //#if !SG_ROWS
 var<workgroup> gred: array<f32, WG>;         // GEMV partial sums
 //#endif
 var<workgroup> ys: array<f32, 64>;           // gate/up sums of one block of 64 rows
 var<workgroup> av: array<vec4<f32>, 8>;      // silu(gate)·up of that block
-var<workgroup> qs: array<vec4<f32>, 64>;     // attention: the query (scaled), hd ≤ 256
-var<workgroup> qf: array<f32, 256>;
-var<workgroup> kf: array<f32, 256>;          // this token's rotated key
-var<workgroup> vf: array<vec4<f32>, 64>;     // this token's value
-var<workgroup> sb: array<f32, BLOCK>;        // scores, then weights, of one block
-var<workgroup> oacc: array<vec4<f32>, WG>;   // weighted values per position group
-var<workgroup> wts: array<f32, NWTS>;       // combine weights of the attention partials
 var<workgroup> stop: u32;                    // a grid barrier gave up: leave
+
+// ---- views of the workgroup memory ------------------------------------------------------
+
+fn v4_get(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(wsm[i]); }
+fn v4_put(i: u32, v: vec4<f32>) { wsm[i] = bitcast<vec4<u32>>(v); }
+fn f_get(base: u32, i: u32) -> f32 { return bitcast<f32>(wsm[base + i / 4u][i % 4u]); }
+fn f_put(base: u32, i: u32, v: f32) { wsm[base + i / 4u][i % 4u] = bitcast<u32>(v); }
+fn xds_get(c: u32) -> vec2<f32> {
+    let p = wsm[XS4 + c / 2u];
+    if (c % 2u == 0u) { return bitcast<vec2<f32>>(p.xy); }
+    return bitcast<vec2<f32>>(p.zw);
+}
+fn xds_put(c: u32, d: vec2<f32>) {
+    let u = bitcast<vec2<u32>>(d);
+    let i = XS4 + c / 2u;
+    if (c % 2u == 0u) { wsm[i].x = u.x; wsm[i].y = u.y; } else { wsm[i].z = u.x; wsm[i].w = u.y; }
+}
 
 // ---- the grid barrier -------------------------------------------------------------------
 
@@ -214,9 +237,9 @@ fn resid_inv_rms(first: bool, lid: u32, sgs: u32) -> f32 {
 
 // Stores one int8 block (32 values as 8 vec4) as block b of xs / xds.
 fn put_q8(b: u32, q: Q8Block) {
-    xs[2u * b] = q.w0;
-    xs[2u * b + 1u] = q.w1;
-    xds[b] = q.d;
+    wsm[2u * b] = q.w0;
+    wsm[2u * b + 1u] = q.w1;
+    xds_put(b, q.d);
 }
 
 // RMSNorm of the residual (weights nrm[woff ..]) → int8 blocks in xs / xds.
@@ -242,8 +265,8 @@ fn norm_q8(woff: u32, first: bool, lid: u32, sgs: u32) {
 fn dot_hd(r: u32, lane: u32) -> f32 {
     var acc = 0.0;
     for (var c = lane; c < D / 32u; c += TPR) {
-        let x0 = xf[8u * c]; let x1 = xf[8u * c + 1u]; let x2 = xf[8u * c + 2u]; let x3 = xf[8u * c + 3u];
-        let x4 = xf[8u * c + 4u]; let x5 = xf[8u * c + 5u]; let x6 = xf[8u * c + 6u]; let x7 = xf[8u * c + 7u];
+        let x0 = v4_get(8u * c); let x1 = v4_get(8u * c + 1u); let x2 = v4_get(8u * c + 2u); let x3 = v4_get(8u * c + 3u);
+        let x4 = v4_get(8u * c + 4u); let x5 = v4_get(8u * c + 5u); let x6 = v4_get(8u * c + 6u); let x7 = v4_get(8u * c + 7u);
 //#if HEAD_W8
         let q = w_hd[2u * (r * (D / 32u) + c)];
         let p = w_hd[2u * (r * (D / 32u) + c) + 1u];
@@ -338,32 +361,32 @@ fn rope_head(l: u32, hh: u32, j: u32, own: bool, lid: u32, sgs: u32) {
 //#endif
         let c = cs[S.pos * half + i];
         let q2 = rope(qa, qb, c);
-        qf[i] = q2.x;
-        qf[i + half] = q2.y;
+        f_put(A_QF, i, q2.x);
+        f_put(A_QF, i + half, q2.y);
         if (own) {
             let k2 = rope(ka, kb, c);
-            kf[i] = k2.x;
-            kf[i + half] = k2.y;
+            f_put(A_KF, i, k2.x);
+            f_put(A_KF, i + half, k2.y);
         }
     }
     let vo = QD + NKV * HD + j * HD;
     for (var i = lid; i < HD4; i += WG) {
-        if (own) { vf[i] = vec4<f32>(qkv[vo + 4u * i], qkv[vo + 4u * i + 1u], qkv[vo + 4u * i + 2u], qkv[vo + 4u * i + 3u]); }
+        if (own) { v4_put(A_VF + i, vec4<f32>(qkv[vo + 4u * i], qkv[vo + 4u * i + 1u], qkv[vo + 4u * i + 2u], qkv[vo + 4u * i + 3u])); }
     }
     workgroupBarrier();
     for (var i = lid; i < HD4; i += WG) {
-        qs[i] = vec4<f32>(qf[4u * i], qf[4u * i + 1u], qf[4u * i + 2u], qf[4u * i + 3u]) * inverseSqrt(f32(HD));
+        v4_put(A_QS + i, v4_get(A_QF + i) * inverseSqrt(f32(HD)));
     }
     workgroupBarrier();
 }
 
 // Key / value vec4 i of position t of kv head j in layer l (this token's from workgroup memory).
 fn key4(l: u32, t: u32, j: u32, i: u32) -> vec4<f32> {
-    if (t == S.pos) { return vec4<f32>(kf[4u * i], kf[4u * i + 1u], kf[4u * i + 2u], kf[4u * i + 3u]); }
+    if (t == S.pos) { return v4_get(A_KF + i); }
     return vec4<f32>(kc[l * CSTRIDE + (t * NKV + j) * HD4 + i]);
 }
 fn value4(l: u32, t: u32, j: u32, i: u32) -> vec4<f32> {
-    if (t == S.pos) { return vf[i]; }
+    if (t == S.pos) { return v4_get(A_VF + i); }
     return vec4<f32>(vc[l * CSTRIDE + (t * NKV + j) * HD4 + i]);
 }
 
@@ -381,34 +404,34 @@ fn phase_attention(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
             for (var i = lid; i < HD4; i += WG) {
                 let ci = l * CSTRIDE + (S.pos * NKV + j) * HD4 + i;
                 kc[ci] = vec4<cache_t>(key4(l, S.pos, j, i));
-                vc[ci] = vec4<cache_t>(vf[i]);
+                vc[ci] = vec4<cache_t>(v4_get(A_VF + i));
             }
         }
         var mx = -3.0e38;
         for (var t = t0 + lid; t < t1; t += WG) {
             var s = vec4<f32>(0.0);
-            for (var i = 0u; i < HD4; i++) { s = fma(qs[i], key4(l, t, j, i), s); }
+            for (var i = 0u; i < HD4; i++) { s = fma(v4_get(A_QS + i), key4(l, t, j, i), s); }
             let st = s.x + s.y + s.z + s.w;
-            sb[t - t0] = st;
+            f_put(A_SB, t - t0, st);
             mx = max(mx, st);
         }
         let m = wg_max(mx, lid, sgs);
         var sum = 0.0;
         for (var t = t0 + lid; t < t1; t += WG) {
-            let p = exp(sb[t - t0] - m);
-            sb[t - t0] = p;
+            let p = exp(f_get(A_SB, t - t0) - m);
+            f_put(A_SB, t - t0, p);
             sum += p;
         }
         let total = wg_sum(sum, lid, sgs);   // (its barrier also publishes sb)
         let ng = WG / HD4;
         var a = vec4<f32>(0.0);
-        for (var t = t0 + lid / HD4; t < t1; t += ng) { a = fma(vec4<f32>(sb[t - t0]), value4(l, t, j, lid % HD4), a); }
-        oacc[lid] = a;
+        for (var t = t0 + lid / HD4; t < t1; t += ng) { a = fma(vec4<f32>(f_get(A_SB, t - t0)), value4(l, t, j, lid % HD4), a); }
+        v4_put(lid, a);
         workgroupBarrier();
         let base = (hh * NBMAX + blk) * (HD + 2u);
         if (lid < HD4) {
-            var o = oacc[lid];
-            for (var g = 1u; g < ng; g++) { o += oacc[g * HD4 + lid]; }
+            var o = v4_get(lid);
+            for (var g = 1u; g < ng; g++) { o += v4_get(g * HD4 + lid); }
             part[base + 4u * lid] = o.x; part[base + 4u * lid + 1u] = o.y;
             part[base + 4u * lid + 2u] = o.z; part[base + 4u * lid + 3u] = o.w;
         }
@@ -428,7 +451,7 @@ fn combine_weights(lid: u32) {
             den += exp(part[base + HD] - m) * part[base + HD + 1u];
         }
         for (var b = 0u; b < S.nb; b++) {
-            wts[hh * NBMAX + b] = exp(part[(hh * NBMAX + b) * (HD + 2u) + HD] - m) / den;
+            f_put(W0, hh * NBMAX + b, exp(part[(hh * NBMAX + b) * (HD + 2u) + HD] - m) / den);
         }
     }
     workgroupBarrier();
@@ -440,7 +463,7 @@ fn att4(e: u32) -> vec4<f32> {
     var o = vec4<f32>(0.0);
     for (var b = 0u; b < S.nb; b++) {
         let base = (hh * NBMAX + b) * (HD + 2u) + e % HD;
-        o += wts[hh * NBMAX + b] * vec4<f32>(part[base], part[base + 1u], part[base + 2u], part[base + 3u]);
+        o += f_get(W0, hh * NBMAX + b) * vec4<f32>(part[base], part[base + 1u], part[base + 2u], part[base + 3u]);
     }
     return o;
 }
@@ -501,8 +524,8 @@ fn phase_up(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
 fn phase_down(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
     let units = (D + RPW - 1u) / RPW;
     if (w >= units) { return; }
-    for (var i = lid; i < FF / 16u; i += WG) { xs[i] = aq[i]; }
-    for (var i = lid; i < FF / 32u; i += WG) { xds[i] = ad[i]; }
+    for (var i = lid; i < FF / 16u; i += WG) { wsm[i] = aq[i]; }
+    for (var i = lid; i < FF / 32u; i += WG) { xds_put(i, ad[i]); }
     workgroupBarrier();
     for (var u = w; u < units; u += nw) {
         let row = u * RPW + lid / TPR;
@@ -517,7 +540,7 @@ fn phase_head(w: u32, nw: u32, lid: u32, sgs: u32) {
     let units = (V + RPW - 1u) / RPW;
     if (w >= units) { return; }
     let r = resid_inv_rms(false, lid, sgs);
-    for (var i = lid; i < D4; i += WG) { xf[i] = normed4(i, r, 2u * NL * D, false); }
+    for (var i = lid; i < D4; i += WG) { v4_put(i, normed4(i, r, 2u * NL * D, false)); }
     workgroupBarrier();
     for (var u = w; u < units; u += nw) {
         let row = u * RPW + lid / TPR;

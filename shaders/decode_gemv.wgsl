@@ -1,12 +1,12 @@
 // The decode kernel's GEMV for one stacked weight (`//#include decode_gemv(K)` makes dot_K for the
-// bindings w_K, s_K (and o_K)): int8 activations from workgroup memory (xs, xds).
+// bindings w_K, s_K (and o_K)): int8 activations from workgroup memory (xs and xds in wsm, decode.wgsl).
 
 // One chunk of 32 weights (q, chunk c of its row) · the activations: scale × int8 dot product,
 // with the nibbles' offset of 8 (and a group offset) taken out through the block's Σq.
 fn term_$K(q: vec4<u32>, c: u32, gbase: u32) -> f32 {
     let gi = gbase + (c * 32u) / GS;
-    let dx = xds[c];
-    var t = f32(s_$K[gi]) * dx.x * f32(idot32(q, xs[2u * c], xs[2u * c + 1u]) - i32(dx.y));
+    let dx = xds_get(c);
+    var t = f32(s_$K[gi]) * dx.x * f32(idot32(q, wsm[2u * c], wsm[2u * c + 1u]) - i32(dx.y));
 //#if HAS_OFFSETS
     t += o_$K[gi] * dx.x * (dx.y / 8.0);
 //#endif

@@ -15,6 +15,13 @@ from .conftest import get_device
 from .test_model import ARCHS, BASE, make_checkpoint, reference_logits, rel
 
 
+# Between two int8 decode paths: each quantizes activations to int8 after reductions summed in a
+# different order, so a value within float rounding of a .5 boundary may land one int8 step apart
+# and move later logits by up to ~1 % (seen: 5.7e-3 with per-group offsets). A wrong term in
+# either path (an offset, a bias, a norm) moves them by 10 % or more.
+INT8_PATHS = 2e-2
+
+
 def decode_run(m, ids, n_prefill):
     return np.stack([m.prefill(ids[:n_prefill])] + [m.decode(t) for t in ids[n_prefill:]])
 
@@ -28,7 +35,7 @@ def test_phased_kernel_matches_transformers_and_the_ops_path(tmp_path, rng, arch
     got = decode_run(Model(ckpt, dev=dev, max_seq=64, chunk=8, decode="phased"), ids, 13)
     ops = decode_run(Model(ckpt, dev=dev, max_seq=64, chunk=8, decode="ops"), ids, 13)
     assert rel(got, ref) < 0.1, f"phased decode vs transformers: {rel(got, ref):.2e}"  # the int8 path's bound
-    assert rel(got, ops) < 1e-4, f"phased decode vs the per-op path: {rel(got, ops):.2e}"
+    assert rel(got, ops) < INT8_PATHS, f"phased decode vs the per-op path: {rel(got, ops):.2e}"
 
 
 def test_long_context_spans_attention_blocks(tmp_path, rng):
@@ -41,7 +48,7 @@ def test_long_context_spans_attention_blocks(tmp_path, rng):
     got = decode_run(m, ids, 290)
     assert rel(got, ref) < 0.1
     ops = decode_run(Model(ckpt, dev=get_device(), max_seq=320, chunk=128, decode="ops"), ids, 290)
-    assert rel(got, ops) < 1e-4
+    assert rel(got, ops) < INT8_PATHS
 
 
 def offsets_checkpoint(rng):
@@ -61,7 +68,7 @@ def test_offsets_and_a_q4_lm_head_on_both_device_paths(rng, fast):
     ids = [int(i) for i in rng.integers(0, 2048, 9)]
     got = decode_run(Model(ckpt, dev=dev, max_seq=32, decode="phased"), ids, 4)
     ops = decode_run(Model(ckpt, dev=dev, max_seq=32, decode="ops"), ids, 4)
-    assert m_ok(got) and rel(got, ops) < 1e-4, f"{rel(got, ops):.2e}"
+    assert m_ok(got) and rel(got, ops) < INT8_PATHS, f"{rel(got, ops):.2e}"
 
 
 def m_ok(x):
@@ -89,7 +96,7 @@ def test_persistent_schedule_falls_back_when_its_barrier_gives_up(tmp_path, rng,
     err = capfd.readouterr().err
     assert err.count("grid barrier timed out") == 1 and "phased schedule" in err
     ops = decode_run(Model(ckpt, dev=dev, max_seq=32, decode="ops"), ids, 3)
-    assert rel(got, ops) < 1e-4
+    assert rel(got, ops) < INT8_PATHS
     assert m.pos == len(ids) and m.cached_ids == ids
 
 
