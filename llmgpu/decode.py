@@ -42,6 +42,16 @@ def _block(max_seq: int, n_heads: int) -> int:
     return b
 
 
+def workgroup_bytes(cfg, max_seq: int, wg: int = WG) -> int:
+    """Workgroup memory of decode.wgsl for a model (its WSM4 and the small arrays beside it)."""
+    widest = max(cfg.hidden_size, cfg.intermediate_size, cfg.q_dim)
+    block = _block(max_seq, cfg.num_attention_heads)
+    weights = cfg.num_attention_heads * -(-max_seq // block)
+    gemv = widest // 16 + -(-widest // 32 // 2) + -(-weights // 4)
+    attention = wg + cfg.head_dim + block // 4
+    return 16 * max(gemv, cfg.hidden_size // 4, attention) + 4 * wg + 4 * 64 + 16 * 8 + 16
+
+
 def _stack(T: dict, names: list[list[str]], fuse=None) -> Q4Tensor:
     """Each layer's weight (rows of several tensors fused, optionally reordered) stacked along rows."""
     parts = []
@@ -74,7 +84,7 @@ class DecodeKernel:
         need = 2 * cfg.num_hidden_layers * cfg.intermediate_size * cfg.hidden_size // 2
         if need > dev.max_binding:
             return "the stacked gate/up weights exceed one storage binding"
-        if max(cfg.hidden_size, cfg.intermediate_size) + 4 * cfg.hidden_size + 8 * 1024 > dev.max_workgroup_storage:
+        if workgroup_bytes(cfg, model.max_seq) > dev.max_workgroup_storage:
             return "its activations do not fit the adapter's workgroup memory"
         return None
 

@@ -367,7 +367,6 @@ class Model:
 
     def _record(self, M: int, head: bool):
         step, raw = self._step(M, head)
-
         V = self.config.vocab_size
 
         def copy_logits(enc):  # the logits row goes straight to a mappable buffer, same submission
