@@ -164,6 +164,18 @@ def attention_decode(dev: Device, step, qkv, rope_table, k_cache, v_cache, score
                     float(shape.head_dim ** -0.5), float(eps)])
 
 
+def _prefill_attention_wg(dev: Device, d4: int) -> int:
+    """Invocations per (query, head) workgroup: 256 on a GPU; on a CPU adapter the smallest
+    power of two that is a multiple of hd/4 (16 for hd = 64), because lavapipe runs every
+    invocation of a workgroup on one core and a short prompt leaves most of 256 idle
+    (SmolLM2-135M, 37 tokens, lavapipe: 522 → 60 ms for the 30 layers, BENCHMARKS.md)."""
+    if dev.is_cpu:
+        for wg in (16, 32, 64, 128):
+            if wg % d4 == 0:
+                return wg
+    return 256
+
+
 def attention_prefill(dev: Device, step, q, k_cache, v_cache, scores, out, *, rows: int, shape: Heads) -> Op:
     """Prefill: causal attention of rows queries (q: (rows, q_dim) f32, rotated; row m at cache
     position step.pos0 + m) over the cache, which rope_kv has filled. scores: (rows·n_heads,
@@ -172,7 +184,8 @@ def attention_prefill(dev: Device, step, q, k_cache, v_cache, scores, out, *, ro
     need("attention_prefill", "q", q, rows * shape.q_dim * F32)
     need("attention_prefill", "scores", scores, rows * shape.n_heads * shape.max_seq * F32)
     need("attention_prefill", "out", out, rows * shape.q_dim * F32)
-    pipe = dev.pipeline("attention_prefill", consts={"WG": 256, "D4": shape.head_dim // 4,
+    pipe = dev.pipeline("attention_prefill", consts={"WG": _prefill_attention_wg(dev, shape.head_dim // 4),
+                                                     "D4": shape.head_dim // 4,
                                                      "SUBGROUPS": dev.has_subgroups},
                         types={"cache_t": dev.act_type})
     binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "sc": scores, "out": out}
