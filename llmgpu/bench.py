@@ -5,7 +5,9 @@ excludes tokenization and loading and waits for the GPU (every step reads its lo
 generation with CPU sampling does). Each row also shows q4gsw bytes read per decoded token,
 the GB/s that implies, that as a % of the streaming-read bandwidth measured in the same run on
 the same adapter (the roofline), the CPU time spent encoding a decode step, and dispatches per
-token. `--profile` adds GPU time per kernel (timestamp queries) for one decode step.
+token. `--profile` adds GPU time per kernel (timestamp queries) for one decode step and for the
+first prefill chunk of the pp test. Start-up is reported too: load, device, upload, pipelines
+compiled and the first token (a prefill of the pp test's length, compilation included).
 
 Shapes (`--shape NAME`, models/shapes.json) run with random q4gsw weights created directly in
 packed form, so an 8B shape starts in seconds; real checkpoints with `--model`.
@@ -85,14 +87,19 @@ def encode_seconds(model, reps: int = 20) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def profile_step(model) -> list[tuple[str, float, int]]:
-    """GPU time per kernel of one decode step: each dispatch in its own timestamped pass.
+def profile_step(model, M: int = 1) -> list[tuple[str, float, int]]:
+    """GPU time per kernel of one step over M new tokens (M = 1: a decode step; M > 1: a prefill
+    chunk from an empty cache), each dispatch in its own timestamped pass, mean of 3 runs.
     Returns (kernel, seconds, count) sorted by time."""
     dev = model.dev
     if not dev.has_timestamps:
         raise ValueError(f"--profile needs timestamp queries, which {dev.name} lacks")
     import wgpu
-    ops = model.step_ops(1, True)
+    model.reset()
+    model.prefill([0] * M)  # compiles the step's pipelines and sets the uniforms a step reads
+    ops = model.step_ops(M, True)
+    if M > 1:  # the step reads `pos0` from the uniform: back to an empty cache
+        model.dev.write(model.step, np.zeros(4, np.uint32))
     n = len(ops)
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
     res = dev.buffer(size=16 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
@@ -110,6 +117,7 @@ def profile_step(model) -> list[tuple[str, float, int]]:
         t = dev.read(res, np.uint64, (n, 2)).astype(np.float64)
         for op, (a, b) in zip(ops, t):
             totals.setdefault(op.name, []).append(max(b - a, 0) * 1e-9)
+    model.reset()
     count = {}
     for op in ops:
         count[op.name] = count.get(op.name, 0) + 1
@@ -118,10 +126,10 @@ def profile_step(model) -> list[tuple[str, float, int]]:
 
 
 def _bench_model(args, dev):
-    """The model under test: a named shape with random weights, or a checkpoint. -> (model, label)"""
+    """The model under test: a named shape with random weights, or a checkpoint.
+    -> (model, label, seconds its checkpoint took to load or to make)"""
     from .model import Model
-    if args.model and args.shape:
-        raise ValueError("give --model or --shape, not both")
+    t = time.perf_counter()
     if args.shape:
         ckpt, label = random_checkpoint(args.shape, args.group_size), args.shape
     else:
@@ -129,6 +137,7 @@ def _bench_model(args, dev):
         from .loader import load_cached_or_quantize
         ckpt = load_cached_or_quantize(args.model or default_model_path(), args.group_size, progress=not args.json)
         label = str(args.model or "default (SmolLM2-135M-Instruct)")
+    load_s = time.perf_counter() - t
     model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + args.d + 16), decode=args.decode)
     if model.kernel is not None:
         model.kernel.workgroups = getattr(args, "workgroups", 0) or None
@@ -137,7 +146,7 @@ def _bench_model(args, dev):
             model.kernel.config[k.strip()] = int(v)
     if args.p + args.n + args.d + 1 > model.max_seq:
         raise ValueError(f"-p {args.p} + -n {args.n} + -d {args.d} exceed the context {model.max_seq}; raise --ctx")
-    return model, label
+    return model, label, load_s
 
 
 def _pp(model, p: int, rng) -> float:
@@ -191,26 +200,77 @@ def step_shape(model) -> dict:
                 workgroups=model.kernel.workgroups)
 
 
+def validate(args) -> None:
+    """Every argument of `llmgpu bench` that can be checked before the device and the model."""
+    if args.model and args.shape:
+        raise ValueError("give --model or --shape, not both")
+    if args.shape:
+        get_shape(args.shape)
+    for flag, v, low in (("-p", args.p, 0), ("-n", args.n, 0), ("-d", args.d, 0), ("-r", args.r, 1),
+                         ("--ctx", args.ctx, 0), ("--workgroups", args.workgroups, 0),
+                         ("--stream-bytes", args.stream_bytes, 16)):
+        if v < low:
+            raise ValueError(f"{flag} must be >= {low}, got {v}")
+    if args.p == 0 and args.n == 0:
+        raise ValueError("-p 0 and -n 0 leave nothing to measure")
+    if args.ctx and args.p + args.n + args.d + 1 > args.ctx:
+        raise ValueError(f"-p {args.p} + -n {args.n} + -d {args.d} exceed the context {args.ctx}; raise --ctx")
+    for kv in filter(None, (args.kernel_config or "").split(",")):
+        k, eq, v = kv.partition("=")
+        if not (eq and k.strip() and v.strip().isdigit()):
+            raise ValueError(f"--kernel-config {kv!r}: expected NAME=INTEGER, e.g. WG=128,TPR=16")
+    if args.profile_png:
+        if not args.profile:
+            raise ValueError("--profile-png needs --profile")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--profile-png needs matplotlib: pip install 'llmgpu[plot]'") from None
+
+
+def _startup(args, dev, st) -> tuple:
+    """The model, timed into `st` (load, upload, and its first prefill: pipelines and the first
+    token). -> (model, label)"""
+    from .startup import first_token
+    t = time.perf_counter()
+    model, label, st.load_s = _bench_model(args, dev)
+    st.upload_s = time.perf_counter() - t - st.load_s
+    ids = np.random.default_rng().integers(0, model.config.vocab_size, min(max(args.p, 1), model.chunk)).tolist()
+    t = time.perf_counter()
+    model.prefill(ids)
+    first_token(st, dev, time.perf_counter() - t, t)
+    model.reset()
+    return model, label
+
+
 def run(args) -> int:
+    from .startup import Startup
+    validate(args)
+    st = Startup()
     dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
-    model, label = _bench_model(args, dev)
+    st.device_s = time.perf_counter() - st.t0
+    model, label = _startup(args, dev, st)
     from .bench_kernels import stream_bandwidth
     bw = stream_bandwidth(dev, args.stream_bytes)
     rows = measure(model, args, bw)
     result = dict(model=label, adapter=dev.name, group_size=args.group_size, stream_read_gbs=bw / 1e9,
-                  date=time.strftime("%Y-%m-%d"), repetitions=args.r, rows=rows)
-    prof = None
-    if args.profile:
-        prof = profile_step(model)
-        result["profile"] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in prof]
+                  date=time.strftime("%Y-%m-%d"), repetitions=args.r, startup=st.as_dict(), rows=rows)
+    profs = {}
+    if args.profile:  # a decode step, and the first prefill chunk of the pp test
+        for key, M in (("profile", 1), ("profile_pp", min(args.p, model.chunk))):
+            if M:
+                profs[key] = profile_step(model, M)
+                result[key] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in profs[key]]
         if args.profile_png:
-            _plot(prof, args.profile_png, label)
+            _plot(profs.get("profile") or profs["profile_pp"], args.profile_png, label)
     if args.json:
         print(json.dumps(result, indent=1))
     elif args.csv:
         _print_csv(rows, label, dev.name)
     else:
-        _print_table(rows, label, dev.name, bw, args.group_size, prof)
+        _print_table(rows, label, dev.name, bw, args.group_size)
+        _print_profiles(profs, min(args.p, model.chunk))
+        print(st.line().replace("llmgpu: ", ""))
     return 0
 
 
@@ -225,7 +285,7 @@ def _print_csv(rows, label, adapter) -> None:
     print(out.getvalue(), end="")
 
 
-def _print_table(rows, label, adapter, bw, group_size, prof) -> None:
+def _print_table(rows, label, adapter, bw, group_size) -> None:
     print(f"adapter: {adapter}   streaming read: {bw / 1e9:.1f} GB/s   q4gsw group {group_size}")
     print(f"| {'model':<28} | {'test':>12} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
           f"| {'enc ms/tok':>10} | {'schedule':>10} | {'disp/tok':>8} | {'phases':>6} | {'barriers':>8} |")
@@ -236,9 +296,15 @@ def _print_table(rows, label, adapter, bw, group_size, prof) -> None:
                  f"{r['encode_ms']:>10.2f} | {r['schedule']:>10} | {r['dispatches']:>8} | {r['phases']:>6} | "
                  f"{r['barriers']:>8}" if "gbs" in r else " | ".join(f"{'':>{w}}" for w in (8, 7, 6, 10, 10, 8, 6, 8)))
         print(f"| {label[:28]:<28} | {r['test']:>12} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
-    if prof:
+
+
+def _print_profiles(profs: dict, pp_rows: int) -> None:
+    for key, what in (("profile", "one decode step"), ("profile_pp", f"a prefill of {pp_rows} tokens")):
+        prof = profs.get(key)
+        if not prof:
+            continue
         total = sum(s for _, s, _ in prof)
-        print(f"\nGPU time of one decode step by kernel (timestamp queries), total {total * 1e6:.0f} us:")
+        print(f"\nGPU time of {what} by kernel (timestamp queries), total {total * 1e6:.0f} us:")
         for k, s, c in prof[:12]:
             print(f"  {k:<24} {c:>4}×  {s * 1e6:>9.1f} us  {100 * s / total:5.1f}%")
 
@@ -274,5 +340,5 @@ def add_arguments(p) -> None:
     p.add_argument("--kernel-config", default="", metavar="K=V,...",
                    help="decode kernel shape for sweeps, e.g. WG=128,TPR=16")
     p.add_argument("--csv", action="store_true", help="print CSV")
-    p.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step")
+    p.add_argument("--profile", action="store_true", help="GPU time per kernel of a decode step and a prefill")
     p.add_argument("--profile-png", help="also draw the profile as a PNG chart (needs matplotlib)")

@@ -163,13 +163,32 @@ GEMM_SWEEP = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=128, BN=128, TM=8, TN=8),
               dict(BM=128, BN=64, TM=4, TN=8), dict(BM=64, BN=64, TM=8, TN=8),
               dict(BM=128, BN=128, TM=8, TN=4), dict(BM=128, BN=32, TM=8, TN=4),
               dict(BM=64, BN=64, TM=8, TN=4), dict(BM=64, BN=32, TM=4, TN=4)]
+# CPU adapters (lavapipe): large per-invocation tiles, the row tile by M (ops/linear.py)
+GEMM_SWEEP_CPU = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=64, BN=64, TM=8, TN=8),
+                  dict(BM=8, BN=128, TM=8, TN=16), dict(BM=8, BN=128, TM=8, TN=8),
+                  dict(BM=16, BN=128, TM=16, TN=16), dict(BM=16, BN=64, TM=16, TN=16),
+                  dict(BM=32, BN=128, TM=16, TN=16), dict(BM=64, BN=128, TM=16, TN=16),
+                  dict(BM=64, BN=128, TM=8, TN=16), dict(BM=128, BN=64, TM=16, TN=16)]
+
+
+def validate(args) -> list[str]:
+    """Every argument of `llmgpu bench kernels` checked before the device (and before measuring
+    the read bandwidth, which takes seconds). -> the shape names"""
+    names = [n.strip() for n in args.shapes.split(",")]
+    for n in names:
+        get_shape(n)
+    for flag, v, low in (("-m", args.m, 1), ("--repeat", args.repeat, 1), ("--max-k", args.max_k, 0),
+                         ("--stream-bytes", args.stream_bytes, 16), ("--cache-bytes", args.cache_bytes, 0)):
+        if v < low:
+            raise ValueError(f"{flag} must be >= {low}, got {v}")
+    return names
 
 
 def run(args) -> int:
+    names = validate(args)
     dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
     rng = np.random.default_rng()
     bw = stream_bandwidth(dev, args.stream_bytes)
-    names = args.shapes.split(",")
     rows = []
     log = (lambda m: print("  sweep " + m, file=sys.stderr, flush=True)) if args.sweep else None
     for name in names:
@@ -179,7 +198,8 @@ def run(args) -> int:
             row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
                               budget=args.cache_bytes,
                               gemv_cfgs=GEMV_SWEEP if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},),
-                              gemm_cfgs=() if args.no_gemm else (GEMM_SWEEP if args.sweep else (None,)),
+                              gemm_cfgs=() if args.no_gemm else (
+                                  (GEMM_SWEEP_CPU if dev.is_cpu else GEMM_SWEEP) if args.sweep else (None,)),
                               log=log)
             row.update(shape=name, proj=lab, roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
             rows.append(row)

@@ -1,19 +1,23 @@
 """The `llmgpu` command line: generate | chat | bench | quantize | perplexity | serve | export."""
 from __future__ import annotations
 
-import argparse
-import math
-import os
-import signal
-import sys
-import threading
-import traceback
+import time
 
-from . import checks
-from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
-from .quant import GROUP_SIZES
-from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_TEMPERATURE,
-                     DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
+_T0 = time.perf_counter()  # start-up is measured from here (`generate --verbose`)
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+
+from . import checks  # noqa: E402
+from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ  # noqa: E402
+from .quant import GROUP_SIZES  # noqa: E402
+from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY,  # noqa: E402
+                     DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,10 +122,12 @@ def _check_ctx(args):
         raise ValueError(f"--ctx must be >= 1, got {args.ctx}")
 
 
-def _load(args, progress=True):
+def _load(args, progress=True, startup=None):
+    """The model of `--model` etc. (Model.load's steps timed into `startup`, a Startup, when given)."""
     from .model import Model
+    kw = {"startup": startup} if startup is not None else {}
     model = Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
-                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode)
+                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode, **kw)
     if model.max_seq < args.ctx:  # the model's own limit (max_position_embeddings) wins
         _err(f"llmgpu: note: --ctx {args.ctx} is more than this model's context of {model.max_seq} tokens; "
              f"using {model.max_seq}")
@@ -143,16 +149,22 @@ def _generate(args) -> int:
     prompt = _valid_text(_read_stdin() if args.prompt == "-" else args.prompt, "the prompt")
     system = None if args.system is None else _valid_text(args.system, "--system")
     stop = [_valid_text(s, "--stop") for s in args.stop]
-    llm = LLM(_load(args))
+    from .startup import Startup, first_token
+    startup = Startup(t0=_T0)
+    llm = LLM(_load(args, startup=startup))
     ids = llm.encode(prompt, chat_template=not args.no_chat_template, system=system)
     from .generate import GenerationStats, stream_text
     stats = llm.last_stats = GenerationStats()
+    started = time.perf_counter()
     for piece in stream_text(llm.model, ids, sampler, args.max_tokens, stop=stop, stats=stats):
         _write(piece)
     _write("\n")
     if stats.finish_reason == "context":
         _err(f"note: stopped at the end of the context ({llm.model.max_seq} tokens); raise --ctx for longer output")
     _err(stats.summary(llm.model.device_name))
+    if args.verbose:
+        first_token(startup, llm.model.dev, stats.prefill_s, started)
+        _err(startup.line())
     return 0
 
 
@@ -375,6 +387,9 @@ def _add_generate(sub) -> None:
     g.add_argument("--system", default=None, metavar="TEXT", help="system prompt (needs the chat template)")
     g.add_argument("--no-chat-template", action="store_true",
                    help="use the prompt as raw text instead of a user message in the model's chat template")
+    g.add_argument("--verbose", "-v", action="store_true",
+                   help="also report start-up on stderr: load, device, upload, pipelines compiled, time to "
+                        "first token")
     g.set_defaults(func=_generate)
 
 

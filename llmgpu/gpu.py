@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,12 @@ class Device:
         self.dump_wgsl = dump_wgsl  # a folder: write every compiled shader's expanded source there
         self._pipelines: dict = {}
         self._sources: dict = {}
+        # Start-up accounting (`generate --verbose`, `llmgpu bench`): pipelines compiled and the
+        # wall time spent in shader-module and pipeline creation. (lavapipe runs LLVM at a
+        # pipeline's first dispatch instead, inside the first token: ~16 s for the default model's
+        # 13 pipelines unless Mesa's own disk cache, ~/.cache/mesa_shader_cache, has them.)
+        self.pipelines_compiled = 0
+        self.compile_seconds = 0.0
         self.name = _describe(self.adapter)
         self.is_cpu = self.adapter.info["adapter_type"] == "CPU"  # lavapipe and other software adapters
         if verbose:
@@ -338,6 +345,7 @@ class Device:
         if self.dump_wgsl:
             _dump(self.dump_wgsl, shader, entry, code, overrides)
         bindings = parse_bindings(code)
+        t0 = time.perf_counter()
         try:
             module = self.device.create_shader_module(label=shader, code=code)
             layout = self.device.create_bind_group_layout(entries=[
@@ -348,6 +356,8 @@ class Device:
                 compute={"module": module, "entry_point": entry, "constants": overrides})
         except Exception as e:  # compile errors carry the WGSL diagnostics
             raise GpuError(f"compiling {shader}.wgsl:{entry} with {consts} {types} failed: {e}") from e
+        self.compile_seconds += time.perf_counter() - t0
+        self.pipelines_compiled += 1
         p = Pipeline(pipe, layout, f"{shader}:{entry}", bindings)
         self._pipelines[key] = p
         return p

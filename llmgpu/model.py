@@ -242,15 +242,27 @@ class Model:
 
     @classmethod
     def load(cls, source=None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
-             adapter: str | None = None, progress: bool = True, dump_wgsl: str | None = None, **kw) -> "Model":
+             adapter: str | None = None, progress: bool = True, dump_wgsl: str | None = None, startup=None,
+             **kw) -> "Model":
         """Load a checkpoint (default: the offline SmolLM2-135M-Instruct GGUF), quantize every
-        linear to q4gsw (cached on disk), and put it on the GPU."""
+        linear to q4gsw (cached on disk), and put it on the GPU. startup: a startup.Startup that
+        receives the time of each of the three steps."""
+        import time
+
         from .loader import load_cached_or_quantize
         if source is None:
             from .defaults import default_model_path
             source = default_model_path()
+        t = [time.perf_counter()]
         ckpt = load_cached_or_quantize(source, group_size, progress=progress)
-        return cls(ckpt, dev=Device(adapter, dump_wgsl=dump_wgsl), max_seq=max_seq, **kw)
+        t.append(time.perf_counter())
+        dev = Device(adapter, dump_wgsl=dump_wgsl)
+        t.append(time.perf_counter())
+        model = cls(ckpt, dev=dev, max_seq=max_seq, **kw)
+        t.append(time.perf_counter())
+        if startup is not None:
+            startup.load_s, startup.device_s, startup.upload_s = (b - a for a, b in zip(t, t[1:]))
+        return model
 
     @property
     def pos(self) -> int:

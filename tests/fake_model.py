@@ -52,6 +52,7 @@ def make_checkpoint(chat_template: str | None = CHATML, add_bos: bool = False) -
 
 class FakeModel:
     device_name = "fake adapter"
+    dev = types.SimpleNamespace(pipelines_compiled=3, compile_seconds=0.25)  # what start-up reports read
     loads: list[dict] = []  # every load() call's arguments, for the CLI tests
     instances: list = []  # every model load() made
 
@@ -72,7 +73,7 @@ class FakeModel:
 
     @classmethod
     def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True, dump_wgsl=None,
-             decode="auto"):
+             decode="auto", startup=None):
         cls.loads.append(dict(source=source, group_size=group_size, max_seq=max_seq, adapter=adapter,
                               progress=progress))
         if source not in (None, "fake", "fake-no-template", "fake-flat"):

@@ -96,3 +96,29 @@ def test_bench_depth_and_decode_schedule(capsys):
     (row,) = json.loads(out)["rows"]
     assert row["test"] == "tg2 @ d5" and row["schedule"] == "phased"
     assert row["phases"] == row["dispatches"] == 5 * 2 + 1 and row["barriers"] == 0
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["bench", "kernels", "--shapes", "tiny,nope"], "unknown shape 'nope'"),
+    (["bench", "kernels", "--shapes", "tiny", "-m", "0"], "-m must be >= 1"),
+    (["bench", "kernels", "--shapes", "tiny", "--repeat", "0"], "--repeat must be >= 1"),
+    (["bench", "kernels", "--shapes", "tiny", "--stream-bytes", "0"], "--stream-bytes must be >= 16"),
+    (["bench", "--shape", "nope"], "unknown shape 'nope'"),
+    (["bench", "--shape", "tiny", "--model", "x"], "--model or --shape, not both"),
+    (["bench", "--shape", "tiny", "-r", "0"], "-r must be >= 1"),
+    (["bench", "--shape", "tiny", "-p", "-1"], "-p must be >= 0"),
+    (["bench", "--shape", "tiny", "-p", "0", "-n", "0"], "nothing to measure"),
+    (["bench", "--shape", "tiny", "-p", "64", "--ctx", "32"], "exceed the context 32"),
+    (["bench", "--shape", "tiny", "--kernel-config", "WG"], "expected NAME=INTEGER"),
+    (["bench", "--shape", "tiny", "--profile-png", "x.png"], "--profile-png needs --profile"),
+])
+def test_bench_arguments_fail_before_the_device(monkeypatch, capsys, argv, msg):
+    """Bad arguments are refused before the adapter is opened (let alone the bandwidth measured)."""
+    from llmgpu import bench, bench_kernels
+
+    def no_device(*a, **k):
+        raise AssertionError("the device was opened before the arguments were checked")
+    monkeypatch.setattr(bench, "Device", no_device)
+    monkeypatch.setattr(bench_kernels, "Device", no_device)
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and msg in err, err

@@ -84,10 +84,30 @@ def test_gemv_workgroup_shapes(dev, rng, config):
                                     dict(BM=128, BN=64, TM=8, TN=4),
                                     dict(BM=64, BN=128, TM=4, TN=8),
                                     dict(BM=128, BN=128, TM=8, TN=4),  # the defaults at prefill sizes
-                                    dict(BM=128, BN=64, TM=4, TN=8)])
+                                    dict(BM=128, BN=64, TM=4, TN=8),
+                                    dict(BM=8, BN=128, TM=8, TN=16),  # the CPU adapters' tiles (by M)
+                                    dict(BM=16, BN=128, TM=16, TN=16),
+                                    dict(BM=32, BN=128, TM=16, TN=16),
+                                    dict(BM=64, BN=128, TM=16, TN=16)])
 def test_gemm_tile_shapes(dev, rng, config):
     for M, N, K in [(70, 131, 256), (5, 200, 96)]:
         check(dev, random_q4(N, K, 32, rng), rng.standard_normal((M, K)), config=config)
+
+
+def test_cpu_gemm_tile_follows_m():
+    """On a CPU adapter the row tile is as tall as M needs (8 to 64 rows): each row tile
+    dequantizes the weights again. Every tile fits the adapter's workgroup memory."""
+    from types import SimpleNamespace
+
+    from llmgpu.ops import gemm_config
+    cpu = SimpleNamespace(is_cpu=True, max_workgroup_storage=32768)
+    assert [gemm_config(cpu, M)["BM"] for M in (1, 4, 8, 9, 16, 17, 37, 64, 65, 512)] == \
+        [8, 8, 8, 16, 16, 32, 64, 64, 64, 64]
+    for M in (1, 16, 37, 512):
+        c = gemm_config(cpu, M)
+        assert 4 * 32 * (c["BM"] + c["BN"]) <= cpu.max_workgroup_storage
+        assert c["WG"] == (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
+    assert gemm_config(SimpleNamespace(is_cpu=False), 37)["BM"] == 64  # GPUs keep the H100's tiles
 
 
 def test_weights_split_to_fit_the_binding_limit(rng):

@@ -391,7 +391,7 @@ def test_save_is_atomic(tmp_path, rng, tok, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]
 
 
-def test_load_cached_or_quantize(tmp_path, rng, tok, monkeypatch):
+def test_load_cached_or_quantize(tmp_path, rng, tok, monkeypatch, capsys):
     monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
     assert loader.cache_dir() == tmp_path / "cache"
     src = tmp_path / "hf"
@@ -404,7 +404,9 @@ def test_load_cached_or_quantize(tmp_path, rng, tok, monkeypatch):
     def no_quantizing(*a, **k):
         raise AssertionError("should have come from the cache")
     monkeypatch.setattr(loader, "quantize_checkpoint", no_quantizing)
-    second = load_cached_or_quantize(src, 32, progress=False)
+    capsys.readouterr()
+    second = load_cached_or_quantize(src, 32, progress=True)
+    assert capsys.readouterr().err == ""  # a warm cache: no progress bar, no message
     np.testing.assert_array_equal(second.tensors["lm_head.weight"].qweight, first.tensors["lm_head.weight"].qweight)
     monkeypatch.undo()
     monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))

@@ -143,6 +143,19 @@ def rope_kv(dev: Device, step, qkv, rope_table, q, k_cache, v_cache, *, rows: in
                    [rows, shape.n_heads, shape.n_kv, shape.head_dim, float(eps)])
 
 
+def _attention_wg(dev: Device, d4: int) -> int:
+    """Invocations per (query, head) workgroup of both attention kernels: 256 on a GPU; on a CPU
+    adapter the smallest power of two that is a multiple of hd/4 (16 for hd = 64), because
+    lavapipe runs all of a workgroup's invocations on one core, in SIMD chunks of 8 with a
+    switch at every barrier, and a short context leaves most of 256 idle (SmolLM2-135M on
+    lavapipe, prefill of 37 tokens: 522 → 60 ms for the 30 layers; BENCHMARKS.md)."""
+    if dev.is_cpu:
+        for wg in (16, 32, 64, 128):
+            if wg % d4 == 0:
+                return wg
+    return 256
+
+
 def attention_decode(dev: Device, step, qkv, rope_table, k_cache, v_cache, scores, out, *, shape: Heads,
                      eps: float, q_norm=None, k_norm=None) -> Op:
     """Decode: one token's attention straight from the fused QKV output (qkv: (qkv_dim,) f32),
@@ -155,7 +168,8 @@ def attention_decode(dev: Device, step, qkv, rope_table, k_cache, v_cache, score
         raise ValueError("attention_decode: int8 output needs head_dim % 32 == 0")
     ob, q8 = _out("attention_decode", out, 1, shape.q_dim)
     norms = _qk_norms("attention_decode", shape, q_norm, k_norm)
-    pipe = dev.pipeline("attention_decode", consts={"WG": 256, "D4": shape.head_dim // 4, "Q8OUT": q8,
+    d4 = shape.head_dim // 4
+    pipe = dev.pipeline("attention_decode", consts={"WG": _attention_wg(dev, d4), "D4": d4, "Q8OUT": q8,
                                                     "QK_NORM": bool(norms), "SUBGROUPS": dev.has_subgroups},
                         types={"cache_t": dev.act_type})
     binds = {"S": step, "qkv": qkv, "kc": k_cache, "vc": v_cache, "sc": scores, "cs": rope_table, **norms, **ob}
@@ -172,7 +186,8 @@ def attention_prefill(dev: Device, step, q, k_cache, v_cache, scores, out, *, ro
     need("attention_prefill", "q", q, rows * shape.q_dim * F32)
     need("attention_prefill", "scores", scores, rows * shape.n_heads * shape.max_seq * F32)
     need("attention_prefill", "out", out, rows * shape.q_dim * F32)
-    pipe = dev.pipeline("attention_prefill", consts={"WG": 256, "D4": shape.head_dim // 4,
+    pipe = dev.pipeline("attention_prefill", consts={"WG": _attention_wg(dev, shape.head_dim // 4),
+                                                     "D4": shape.head_dim // 4,
                                                      "SUBGROUPS": dev.has_subgroups},
                         types={"cache_t": dev.act_type})
     binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "sc": scores, "out": out}

@@ -94,7 +94,10 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30) -> dict:
     """GEMM tile, from `llmgpu bench kernels --sweep` on an H100 (BENCHMARKS.md): 128×128 with
     8×4 per thread when that still makes 128+ tiles (21–24 TFLOP/s at M = 512 on Llama-3.1-8B's
     shapes); 128×64 with 4×8 when fewer (16.5 against 11.5 on 2048-wide outputs at M = 512);
-    64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle."""
+    64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle. CPU adapters:
+    `_cpu_gemm_config`."""
+    if dev.is_cpu:
+        return _cpu_gemm_config(dev, M)
     if M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
         cfg = dict(BM=128, BN=128, TM=8, TN=4)
     elif M >= 128:
@@ -102,6 +105,21 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30) -> dict:
     else:
         cfg = dict(BM=64, BN=64, TM=4, TN=4)
     return {**cfg, "WG": (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])}
+
+
+def _cpu_gemm_config(dev: Device, M: int) -> dict:
+    """The GEMM tile on a CPU adapter (lavapipe), from a sweep of SmolLM2-135M's prefill shapes
+    (BENCHMARKS.md, lavapipe section): 16×16 outputs per invocation over 128 columns, because
+    lavapipe runs an invocation's workgroup-memory loads lane by lane, so FMAs per load decide
+    the speed; and the row tile only as tall as M needs (8 to 64), because each row tile
+    dequantizes the weights again and rows past M are computed for nothing (M = 4: 8 rows,
+    ~7× faster than the GPUs' 64×64). (256 columns measured faster still, but needs 34–40 KB of
+    workgroup memory, above lavapipe's 32 KB limit.)"""
+    BM = 8
+    while BM < min(M, 64):
+        BM *= 2
+    TM = min(16, BM)
+    return dict(BM=BM, BN=128, TM=TM, TN=16, WG=(BM // TM) * (128 // 16))
 
 
 def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool = False,
