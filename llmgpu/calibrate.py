@@ -12,10 +12,12 @@ Per layer, with the inputs X each linear sees on the calibration text (the float
 * o_proj (input: the attention output): no fold (under grouped-query attention the v rows that feed
   it are shared by several heads), only the weighted search.
 
-Each weight is quantized with importance E[x_k^2] (after scaling) by :func:`llmgpu.quant.quantize`;
-alpha is chosen per layer and fused group from ``_ALPHAS`` by the measured output error on up to
-``_LOSS_ROWS`` calibration rows, with the plain (uncalibrated) search as one more candidate, so on
-the calibration text a layer is never worse than without calibration.
+Each (scaled) weight is then rounded by GPTQ (:func:`llmgpu.quant.quantize_gptq`: column by column,
+each rounding error compensated in the columns not yet rounded, through H = X^T X of the scaled
+inputs; group scales searched with importance diag(H)). alpha is chosen per layer and fused group
+from ``_ALPHAS`` by the measured output error on up to ``_LOSS_ROWS`` calibration rows, with the
+plain (uncalibrated) search as one more candidate, so on those rows a layer is never worse than
+without calibration.
 
 The default calibration text (``llmgpu/calibration/default.txt``) was written for llmgpu (varied
 prose, dialogue, instructions, code and numbers) and is under the project's licence, Apache-2.0.
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig, rope_inv_freq
-from .quant import dequantize, quantize
+from .quant import dequantize, quantize, quantize_gptq
 
 _ALPHAS = (0.0, 0.25, 0.5, 0.75)
 _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
@@ -110,7 +112,7 @@ def layer_forward(T: dict, cfg: ModelConfig, i: int, hs: list[np.ndarray], inv_f
         h = h + a @ W("self_attn.o_proj.weight").T + b("self_attn.o_proj.bias")
         xm = rmsnorm(h, T[p + "post_attention_layernorm.weight"], eps)
         g, u = xm @ W("mlp.gate_proj.weight").T, xm @ W("mlp.up_proj.weight").T
-        act = g / (1 + np.exp(-g)) * u
+        act = g * (0.5 + 0.5 * np.tanh(0.5 * g)) * u  # silu; the tanh form cannot overflow
         out.append(h + act @ W("mlp.down_proj.weight").T)
         for k, x in zip(seen, (xa, a, xm, act)):
             seen[k].append(x)
@@ -132,13 +134,17 @@ def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], as
     for the plain search, output error); tensors are (Q4Tensor, relative weight error) pairs, each
     standing for ``W diag(s)``."""
     xs = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
-    mean_abs, mean_sq = np.abs(x).mean(0) + 1e-8, np.square(x).mean(0)
+    mean_abs = np.abs(x).mean(0) + 1e-8
     ones = np.ones(x.shape[1], np.float32)
     cands = [(None, ones)] + [(a, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
+    H = x.T.astype(np.float64) @ x / len(x)
     best = None
     for alpha, s in cands:
-        imp = None if alpha is None else mean_sq / (s * s)
-        qs = [quantize(w * s, g, asymmetric=asymmetric, importance=imp) for w, g in zip(ws, group_sizes)]
+        if alpha is None:
+            qs = [quantize(w, g, asymmetric=asymmetric) for w, g in zip(ws, group_sizes)]
+        else:  # the inputs become x / s: H scales by 1 / (s_i s_j)
+            hs = H / np.outer(s, s)
+            qs = [quantize_gptq(w * s, g, hs, asymmetric) for w, g in zip(ws, group_sizes)]
         err = output_error(xs, ws, [dequantize(q) / s for q, _ in qs])
         if best is None or err < best[3]:
             best = (qs, s, alpha, err)

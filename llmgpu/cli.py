@@ -238,6 +238,9 @@ def _recipe_summary(ckpt) -> str:
         parts.append("asymmetric")
     if r.get("requantized"):
         parts.append("requantized")
+    if r.get("kept_4bit"):
+        parts.append(f"{r['kept_4bit']} tensors arrived in 4 bits and were kept as they were "
+                     "(--requantize quantizes them again)")
     if cal := r.get("calibration"):
         parts.append(f"calibrated on {cal['tokens']} tokens of {cal['text']}, "
                      f"mean relative output error {cal['output_error_mean']:.4f}")

@@ -525,13 +525,16 @@ def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, 
     """
     if lm_head not in ("q8", "q4"):
         raise ValueError(f"lm_head quantization must be 'q8' or 'q4', got {lm_head!r}")
-    group_size_for(32 * 128, group_size)  # a bad size fails before any work
+    if group_size not in GROUP_SIZES:  # before any work
+        raise ValueError(f"q4gsw group size must be one of {GROUP_SIZES}, got {group_size}")
     from tqdm import tqdm
 
     tensors = _requantizable(ckpt) if requantize else dict(ckpt.tensors)
     recipe = {"method": "calibrated" if calibrate else "search", "asymmetric": bool(asymmetric),
               "group_size": group_size, "requantized": bool(requantize)}
     todo = [n for n, t in tensors.items() if is_linear(n) and not isinstance(t, (Q4Tensor, Q8Tensor))]
+    if kept := sum(isinstance(t, Q4Tensor) for t in tensors.values()):
+        recipe["kept_4bit"] = kept  # arrived in 4 bits and left as they were (the options did not apply)
     if "lm_head.weight" not in tensors:
         todo.append("lm_head.weight")
     q4 = [n for n in todo if not (n == "lm_head.weight" and lm_head == "q8")]  # (int8 groups are always 32)

@@ -333,3 +333,59 @@ def from_gguf_q4_1(raw: np.ndarray, N: int, K: int) -> Q4Tensor:
     nib = _q4_gguf_nibbles(b[:, 4:]).reshape(N, K)
     o = m.astype(np.float32) + 8.0 * d.astype(np.float32)
     return Q4Tensor(pack_nibbles(nib), d, 32, o)
+
+
+# ---- output-error-aware rounding (GPTQ) ---------------------------------------------------------
+
+def quantize_gptq(w: np.ndarray, group_size: int, hessian: np.ndarray, asymmetric: bool = False,
+                  damp: float = 0.01) -> tuple[Q4Tensor, float]:
+    """Quantize (N, K) ``w`` to minimise the output error ||X (W - W^)^T||^2 for ``hessian`` = X^T X
+    (K, K), by GPTQ (Frantar et al. 2022): columns are rounded left to right and each one's rounding
+    error is spread over the columns not yet rounded, through the Cholesky factor of H^-1. A group's
+    scale (and offset) is searched when its first column is reached, on the weights as updated so
+    far, weighted by diag(H). ``damp`` x mean(diag H) is added to the diagonal (rows of X that do
+    not span every input). Returns (tensor, relative Frobenius weight error)."""
+    w = np.asarray(w, np.float32)
+    N, K = w.shape
+    check_group_size(K, group_size)
+    H = np.array(hessian, np.float64)
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0  # an input that is always 0: its weights do not matter
+    H[np.diag_indices(K)] += damp * np.diag(H).mean()
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper: row i holds how column i's error spreads right
+    W = np.where(dead[None, :], 0, w).astype(np.float64)
+    G = K // group_size
+    q = np.zeros((N, K), np.float32)
+    s, o = np.zeros((N, G), np.float16), np.zeros((N, G), np.float32) if asymmetric else None
+    imp = np.diag(H)
+    for g in range(G):
+        a, b = g * group_size, (g + 1) * group_size
+        s[:, g:g + 1], og, q[:, a:b], W = _gptq_group(W, U, a, b, imp, asymmetric)
+        if o is not None:
+            o[:, g:g + 1] = og
+    t = Q4Tensor(pack_nibbles((q.astype(np.int32) + 8)), s, group_size, o)
+    err = float(np.linalg.norm(dequantize(t).astype(np.float64) - w) / (np.linalg.norm(w) or 1.0))
+    return t, err
+
+
+def _gptq_group(W, U, a: int, b: int, imp, asymmetric: bool):
+    """Round columns a..b-1 (one group) of the working weights W, spreading each error right;
+    returns (scale (N, 1), offset (N, 1) or None, levels (N, b - a), updated W)."""
+    wg = W[:, a:b].astype(np.float32)[:, None, :]
+    i = (imp[a:b] / (imp[a:b].mean() or 1.0) + 1e-6).astype(np.float32)[None, None, :]
+    if asymmetric:
+        s, o, _ = _search_asymmetric(wg, i)
+    else:
+        (s, _), o = _search_symmetric(wg, i), None
+    s32 = s.astype(np.float64)[:, 0]
+    off = 0.0 if o is None else o.astype(np.float64)[:, 0]
+    safe = np.where(s32 == 0, 1.0, s32)
+    q = np.zeros((W.shape[0], b - a), np.float32)
+    err = np.zeros((W.shape[0], b - a))
+    for j in range(a, b):
+        qj = np.where(s32 == 0, 0.0, np.clip(np.rint((W[:, j] - off) / safe), -8, 7))
+        e = (W[:, j] - (qj * s32 + off)) / U[j, j]
+        W[:, j:b] -= np.outer(e, U[j, j:b])
+        q[:, j - a], err[:, j - a] = qj, e
+    W[:, b:] -= err @ U[a:b, b:]  # the whole group's errors, spread over the later columns at once
+    return s, o, q, W

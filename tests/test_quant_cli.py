@@ -120,3 +120,16 @@ def test_perplexity_says_what_it_measured(monkeypatch, capsys, tmp_path):
     rc, out, _ = run(capsys, "perplexity", "--model", "fake", "--ctx", "1000", "-q", str(tmp_path / "t.txt"))
     n = len(make_tokenizer().encode("The quick brown fox jumps over the lazy dog. " * 5).ids) - 1
     assert rc == 0 and f"over {n} tokens in 1 window (ctx 1000, stride 500) of t.txt" in out
+
+
+def test_cache_keeps_asymmetric_apart(tmp_path, rng, monkeypatch):
+    """load_cached_or_quantize(asymmetric=True) caches its own entry, with offsets, and the default
+    call still gets the symmetric one. Catches the option left out of the key (one entry for both)."""
+    monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
+    tiny_hf_dir(tmp_path / "src", rng)
+    a = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, asymmetric=True)
+    p = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert a.tensors[name].offsets is not None and p.tensors[name].offsets is None
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, asymmetric=True).quantization["asymmetric"]

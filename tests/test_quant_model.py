@@ -32,9 +32,9 @@ def float_checkpoint(tmp_path, rng, arch="llama-tied", **kw):
     return ck, transformers.AutoConfig.from_pretrained(tmp_path)
 
 
-def gpu_matches_reference(ck, hf_cfg, rng):
+def gpu_matches_reference(ck, hf_cfg, rng, dev=None):
     ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 17)]
-    got = Model(ck, dev=get_device(), max_seq=32, chunk=8, q8=False).logits(ids)
+    got = Model(ck, dev=dev or get_device(), max_seq=32, chunk=8, q8=False).logits(ids)
     return rel(got, reference_logits(ck, hf_cfg, ids))
 
 
@@ -94,14 +94,33 @@ def test_calibration_forward_matches_transformers(tmp_path, rng, arch):
 
 
 def skew_norms(ck, rng):
-    """Norm weights that differ by orders of magnitude per channel, as in trained LLMs (outlier
-    channels), so that per-channel scaling matters and is chosen."""
+    """Norm weights and up_proj rows that differ by orders of magnitude per channel, as in trained
+    LLMs (outlier channels), so that per-channel scaling matters and is chosen for every group."""
     T = dict(ck.tensors)
     for n in T:
         if n.endswith("layernorm.weight"):
             T[n] = (T[n] * np.exp(1.5 * rng.standard_normal(T[n].shape))).astype(np.float32)
+        if n.endswith("up_proj.weight"):
+            T[n] = (T[n] * np.exp(1.5 * rng.standard_normal((T[n].shape[0], 1)))).astype(np.float32)
     import dataclasses
     return dataclasses.replace(ck, tensors=T)
+
+
+def layer_errors(ck, q, ids):
+    """Per layer, ||delta_q - delta_f|| / ||delta_f||: what each layer adds to the residual stream with
+    the quantized checkpoint's (dequantized, folded) weights against the float ones, on the float
+    model's own inputs to that layer. (Per layer, because 4-bit errors compound chaotically through
+    a random model's layers.)"""
+    deq = {n: (t.dequantize() if isinstance(t, Q4Tensor) else t) for n, t in q.tensors.items()}
+    cfg, inv = ck.config, rope_inv_freq(ck.config)
+    h = [np.asarray(ck.tensors["model.embed_tokens.weight"], np.float32)[ids]]
+    errs = []
+    for i in range(cfg.num_hidden_layers):
+        (hq,), _ = calibrate.layer_forward(deq, cfg, i, h, inv)
+        (hf,), _ = calibrate.layer_forward(ck.tensors, cfg, i, h, inv)
+        errs.append(np.linalg.norm(hq - hf) / np.linalg.norm(hf - h[0]))
+        h = [hf]
+    return np.array(errs)
 
 
 def test_calibrated_quantization_end_to_end(tmp_path, rng):
@@ -117,17 +136,15 @@ def test_calibrated_quantization_end_to_end(tmp_path, rng):
     plain = quantize_checkpoint(ck, 32, progress=False)
     r = cal.quantization["calibration"]
     assert r["text"] == "cal.txt" and r["tokens"] == 300 and len(r["sha256"]) == 64
-    assert any(g["alpha"] for layer in r["layers"].values() for g in layer.values())
-    ids = [int(i) for i in ck.tokenizer.encode(text).ids[:64]]
-    f = numpy_logits(ck, ids)
-    deq = lambda c: {n: (t.dequantize() if isinstance(t, Q4Tensor) else t) for n, t in c.tensors.items()  # noqa: E731
-                     if n != "lm_head.weight"}
-    err_cal = rel(numpy_logits(type(ck)(ck.config, deq(cal), ck.tokenizer), ids), f)
-    err_plain = rel(numpy_logits(type(ck)(ck.config, deq(plain), ck.tokenizer), ids), f)
-    assert err_cal < err_plain, (err_cal, err_plain)
+    for group in ("qkv", "gate_up", "down"):  # each fold is exercised
+        assert any(layer[group]["alpha"] for layer in r["layers"].values()), group
+    ids = ck.tokenizer.encode(text).ids
+    err_cal, err_plain = layer_errors(ck, cal, ids), layer_errors(ck, plain, ids)
+    assert np.all(err_cal < err_plain), (err_cal, err_plain)
     back = load_checkpoint(save_q4_checkpoint(cal, tmp_path / "q"))
     assert back.quantization["method"] == "calibrated" and back.quantization["calibration"]["sha256"] == r["sha256"]
-    assert gpu_matches_reference(back, hf_cfg, rng) < 1e-2
+    # f32 on the GPU: the skewed norms put activations out of f16's comfortable range
+    assert gpu_matches_reference(back, hf_cfg, rng, get_device(f16=False, subgroups=False)) < 1e-3
 
 
 def test_calibration_needs_float_layers(tmp_path, rng):
