@@ -179,20 +179,22 @@ def test_awq_scaling_lowers_output_error(rng, asym):
 
 
 @pytest.mark.parametrize("asym", [False, True])
-def test_gptq_compensates_rounding_on_correlated_inputs(rng, asym):
+@pytest.mark.parametrize("K", [32, 128])
+def test_gptq_compensates_rounding_on_correlated_inputs(rng, asym, K):
     """quantize_gptq against the weighted search on inputs whose channels are correlated (as
     activations are): spreading each column's rounding error over the later columns lowers the
     output error clearly; the tensor is a valid q4gsw tensor whose reported error is the true one.
-    Catches: no error propagation (then it is the weighted search), propagation with the wrong sign
-    or through the wrong triangle of the Cholesky factor (then worse)."""
+    Catches: no error propagation within a group (K = 32) or across groups (K = 128; either way it
+    is the weighted search), propagation with the wrong sign or through the wrong triangle of the
+    Cholesky factor (then worse)."""
     from llmgpu.quant import quantize_gptq
-    N, K = 40, 128
+    N = 40
     w = rng.standard_normal((N, K)).astype(np.float32)
     mix = np.eye(K) + 0.3 * rng.standard_normal((K, K)) / np.sqrt(K) * 4
     x = (rng.standard_normal((1024, K)) @ mix).astype(np.float32)
     H = x.T.astype(np.float64) @ x
     t, err = quantize_gptq(w, 32, H, asymmetric=asym)
-    assert (t.offsets is not None) == asym and t.scales.shape == (N, 4)
+    assert (t.offsets is not None) == asym and t.scales.shape == (N, K // 32)
     assert abs(err - np.linalg.norm(dequantize(t) - w) / np.linalg.norm(w)) < 1e-6
     weighted, _ = quantize(w, 32, asymmetric=asym, importance=np.diag(H))
-    assert out_err(x, w, dequantize(t)) < 0.9 * out_err(x, w, dequantize(weighted))
+    assert out_err(x, w, dequantize(t)) < 0.93 * out_err(x, w, dequantize(weighted))
