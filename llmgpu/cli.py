@@ -230,44 +230,102 @@ def _quantize(args) -> int:
 
     src = Path(args.model).expanduser()
     check_output_path(Path(args.output), src if src.exists() else None, args.force)  # before the slow part
+    if isinstance(args.calibrate, str) and not Path(args.calibrate).expanduser().is_file():
+        raise FileNotFoundError(f"--calibrate {args.calibrate}: no such file; give a UTF-8 text file, or "
+                                "--calibrate alone for the shipped default text")
     ckpt = load_checkpoint(args.model)
-    ckpt = quantize_checkpoint(ckpt, args.group_size, progress=not args.quiet)
+    ckpt = quantize_checkpoint(ckpt, args.group_size, progress=not args.quiet, asymmetric=args.asymmetric,
+                               calibrate=args.calibrate, requantize=args.requantize)
     out = save_q4_checkpoint(ckpt, args.output, force=args.force)
-    errs = list(ckpt.quant_errors.values())
-    err = f", mean relative error {sum(errs) / len(errs):.4f}" if errs else ""
-    _err(f"wrote {out} (q4gsw, group size {ckpt.group_size}{err})")
+    _err(f"wrote {out} ({_recipe_summary(ckpt)})")
     return 0
+
+
+def _recipe_summary(ckpt) -> str:
+    """One line on how a checkpoint was quantized: group size(s), options, errors."""
+    r = ckpt.quantization
+    sizes = sorted({t.group_size for t in ckpt.tensors.values() if type(t).__name__ == "Q4Tensor"})
+    parts = ["q4gsw, group size " + "/".join(map(str, sizes)) if sizes else "q4gsw"]
+    if r.get("asymmetric"):
+        parts.append("asymmetric")
+    if r.get("requantized"):
+        parts.append("requantized")
+    if r.get("kept_4bit"):
+        parts.append(f"{r['kept_4bit']} tensors arrived in 4 bits and were kept as they were "
+                     "(--requantize quantizes them again)")
+    if cal := r.get("calibration"):
+        parts.append(f"calibrated on {cal['tokens']} tokens of {cal['text']}, "
+                     f"mean relative output error {cal['output_error_mean']:.4f}")
+    errs = list(ckpt.quant_errors.values())
+    if errs:
+        parts.append(f"mean relative error {sum(errs) / len(errs):.4f}")
+    return ", ".join(parts)
 
 
 # ==== perplexity ===============================================================================
 
-def perplexity(model, ids: list[int], ctx: int, stride: int, progress=None) -> tuple[float, int]:
-    """(perplexity, tokens scored) of ``ids`` with windows of ``ctx`` tokens every ``stride`` tokens.
+def score_windows(models: list, ids: list[int], ctx: int, stride: int, progress=None) -> dict:
+    """Negative log-likelihood of ``ids`` under each model, with windows of ``ctx`` tokens every
+    ``stride`` tokens, and where there are two models how often their top-1 predictions agree.
 
     Each token after the first is scored once, by the first window that predicts it: the first window
     scores all its positions, each later one only its last ``stride`` (the rest is context), so every
     token but those of the first window sees at least ``ctx - stride`` tokens before it.
+    Returns {"nll": [per model], "scored": n, "windows": w, "agree": n (top-1 equal, two models)}.
     """
-    import numpy as np
-
-    nll, scored = 0.0, 0
+    nll, scored, windows, agree = [0.0] * len(models), 0, 0, 0
     start, done = 0, 1  # ids[:done] are scored (the first token has nothing to predict it)
     while done < len(ids):
         end = min(start + ctx, len(ids))
         window = ids[start:end]
-        logits = model.logits(window)  # (len(window), vocab) f32; row r predicts window[r + 1]
-        for a in range(done - 1 - start, len(window) - 1, 256):  # log-softmax in row blocks, in f64
-            b = min(a + 256, len(window) - 1)
-            x = logits[a:b].astype(np.float64)
-            m = x.max(axis=1, keepdims=True)
-            lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
-            nll += float((lse - x[np.arange(b - a), window[a + 1:b + 1]]).sum())
-            scored += b - a
+        top = []
+        for j, model in enumerate(models):
+            logits = model.logits(window)  # (len(window), vocab) f32; row r predicts window[r + 1]
+            n, t = _window_nll(logits, window, done - 1 - start)
+            nll[j] += n
+            top.append(t)
+        if len(top) == 2:
+            agree += int((top[0] == top[1]).sum())
+        scored += len(window) - 1 - (done - 1 - start)
+        windows += 1
         done = end
         start += stride
         if progress:
-            progress(done, len(ids), math.exp(nll / scored))
-    return math.exp(nll / scored), scored
+            progress(done, len(ids), math.exp(nll[0] / scored))
+    return {"nll": nll, "scored": scored, "windows": windows, "agree": agree}
+
+
+def _window_nll(logits, window, first: int):
+    """(summed NLL of rows first.. of one window, their argmax), log-softmax in row blocks in f64."""
+    import numpy as np
+
+    nll, top = 0.0, []
+    for a in range(first, len(window) - 1, 256):
+        b = min(a + 256, len(window) - 1)
+        x = logits[a:b].astype(np.float64)
+        m = x.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+        nll += float((lse - x[np.arange(b - a), window[a + 1:b + 1]]).sum())
+        top.append(x.argmax(axis=1))
+    return nll, np.concatenate(top) if top else np.zeros(0, np.int64)
+
+
+def perplexity(model, ids: list[int], ctx: int, stride: int, progress=None) -> tuple[float, int]:
+    """(perplexity, tokens scored) of ``ids`` (see :func:`score_windows`)."""
+    r = score_windows([model], ids, ctx, stride, progress)
+    return math.exp(r["nll"][0] / r["scored"]), r["scored"]
+
+
+def _read_text_file(path) -> str:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a text file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:  # replacing bytes would change the score: refuse, and say where
+        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, "
+                         "e.g. iconv -f latin1 -t utf-8") from None
 
 
 def _perplexity(args) -> int:
@@ -280,26 +338,36 @@ def _perplexity(args) -> int:
     if args.ctx < 2 or not 1 <= stride <= args.ctx - 1:
         raise ValueError(f"need --ctx >= 2 and 1 <= --stride < --ctx, got --ctx {args.ctx} --stride {stride}")
     path = Path(args.file)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a text file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:  # replacing bytes would change the score: refuse, and say where
-        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, "
-                         "e.g. iconv -f latin1 -t utf-8") from None
-    model = _load(args)
-    ck = model.ckpt
+    text = _read_text_file(path)
+    models = [_load(args)]
+    if args.compare is not None:
+        models.append(_load(argparse.Namespace(**{**vars(args), "model": args.compare})))
+        _check_same_vocab(models, args)
+    ck = models[0].ckpt
     ids = encode_prompt(ck.tokenizer, text, add_bos=ck.add_bos, bos_token_id=ck.bos_token_id)
     if len(ids) < 2:
         raise ValueError(f"{path} has {len(ids)} token(s); perplexity needs at least 2")
     show = (lambda done, n, ppl: _err(f"\r{done}/{n} tokens, perplexity {ppl:.4f}", end="")) if not args.quiet else None
-    ppl, n = perplexity(model, ids, args.ctx, stride, show)
+    r = score_windows(models, ids, args.ctx, stride, show)
     if show:
         _err()
-    print(f"perplexity {ppl:.4f} over {n} tokens (ctx {args.ctx}, stride {stride}) of {path.name}")
+    n, ctx = r["scored"], args.ctx
+    ppls = [math.exp(x / n) for x in r["nll"]]
+    what = f"over {n} tokens in {r['windows']} window{'s' * (r['windows'] != 1)} (ctx {ctx}, stride {stride}) of {path.name}"
+    names = [args.model or "the default model", args.compare]
+    for i, ppl in enumerate(ppls):
+        rel = f" ({ppl / ppls[0] - 1:+.1%} vs the first)" if i else ""
+        print(f"perplexity {ppl:.4f} {what}" + (f": {names[i]}{rel}" if len(ppls) > 1 else ""))
+    if len(ppls) > 1:
+        print(f"top-1 agreement {r['agree'] / n:.1%} ({r['agree']} of {n} tokens)")
     return 0
+
+
+def _check_same_vocab(models, args) -> None:
+    a, b = (m.ckpt.tokenizer.get_vocab() for m in models)
+    if a != b:
+        raise ValueError(f"--compare {args.compare} has another tokenizer than {args.model or 'the default model'}; "
+                         "perplexities over different tokens cannot be compared")
 
 
 # ==== serve ====================================================================================
@@ -413,7 +481,17 @@ def _add_quantize(sub) -> None:
                         "output, and may not be the source or inside it")
     q.add_argument("--force", action="store_true", help="replace DIR if it holds an earlier llmgpu output")
     q.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
-                   help=f"weights per scale (default {DEFAULT_GROUP_SIZE})")
+                   help=f"weights per scale (default {DEFAULT_GROUP_SIZE}); a tensor whose in_features it does not "
+                        "divide gets the largest size that does (noted once)")
+    q.add_argument("--asymmetric", action="store_true",
+                   help="per-group offsets as well as scales (w = s*q + o): lower error, 4 bytes more per group")
+    q.add_argument("--calibrate", nargs="?", const=True, default=None, metavar="FILE",
+                   help="choose scales (and per-channel input scaling folded into the norms) to minimise each "
+                        "layer's output error on this UTF-8 text, run through the float model; without FILE, "
+                        "a short text shipped with llmgpu")
+    q.add_argument("--requantize", action="store_true",
+                   help="dequantize weights that arrive in 4 bits (GGUF Q4_0/Q4_1) and quantize them again "
+                        "with these options (a second rounding: for experiments)")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     q.set_defaults(func=_quantize)
 
@@ -426,6 +504,9 @@ def _add_perplexity(sub) -> None:
     x.add_argument("--stride", type=int, default=0, metavar="N",
                    help="tokens between window starts (default ctx/2); each window scores only tokens "
                         "no earlier window scored")
+    x.add_argument("--compare", default=None, metavar="MODEL2",
+                   help="also score MODEL2 (same tokenizer) on the same windows: both perplexities and how often "
+                        "their top-1 predictions agree")
     x.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     x.set_defaults(func=_perplexity)
 

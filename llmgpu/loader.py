@@ -37,7 +37,7 @@ from tokenizers import Tokenizer
 
 from .config import ModelConfig, gguf_value
 from .quant import (DEFAULT_GROUP_SIZE, GROUP_SIZES, Q4Tensor, Q8Tensor, dequantize, from_gguf_q4_0, from_gguf_q4_1,
-                    quantize, quantize_q8)
+                    group_size_for, quantize, quantize_q8)
 from .tokenizer import tokenizer_from_gguf
 
 FORMAT, FORMAT_VERSION = "q4gsw", 2  # 2: int8 lm_head (<name>.q8weight/.scales)
@@ -62,6 +62,7 @@ class Checkpoint:
     source: str = ""
     group_size: int | None = None  # shared by all Q4Tensors (None: no Q4, or mixed; each carries its own)
     quant_errors: dict[str, float] = field(default_factory=dict)  # relative Frobenius error per tensor
+    quantization: dict = field(default_factory=dict)  # how llmgpu quantized it (llmgpu.json "quantization")
 
     @property
     def bos_token_id(self) -> int | None:
@@ -303,7 +304,8 @@ def _load_dir(d: Path, dtype, label: str) -> Checkpoint:
     return Checkpoint(cfg, tensors, tok, template, bos, eos, tuple(int(i) for i in eos_ids), bool(add_bos),
                       source=meta.get("source", label) if meta else label,
                       group_size=common_group_size(tensors),
-                      quant_errors=dict(meta.get("quant_errors") or {}) if meta else {})
+                      quant_errors=dict(meta.get("quant_errors") or {}) if meta else {},
+                      quantization=meta.get("quantization") if isinstance(meta.get("quantization"), dict) else {})
 
 
 def _read_weights(d: Path, dtype, q4: bool) -> dict[str, np.ndarray | Q4Tensor]:
@@ -504,7 +506,8 @@ def _gguf_tokenizer(reader, cfg: ModelConfig, path: Path) -> Checkpoint:
 # ==== quantize, save, cache ====================================================================
 
 def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, progress: bool = True,
-                        lm_head: str = "q8") -> Checkpoint:
+                        lm_head: str = "q8", *, asymmetric: bool = False, calibrate: str | bool | None = None,
+                        requantize: bool = False, note=None) -> Checkpoint:
     """Every float linear -> q4gsw; a float lm_head (a tied one: a copy of the embedding) -> int8
     per 32 (``lm_head="q8"``, the default) or q4gsw (``"q4"``).
 
@@ -512,27 +515,105 @@ def quantize_checkpoint(ckpt: Checkpoint, group_size: int = DEFAULT_GROUP_SIZE, 
     answers changed ("The capital of France is Paris." became French gibberish, and transformers
     with the same 4-bit head agreed); llama.cpp also keeps its output matrix above 4 bits. An
     lm_head that arrives in 4 bits (GGUF Q4_0/Q4_1) is kept exactly. Tensors that are already
-    quantized stay as they are. Errors go to ``quant_errors``.
+    quantized stay as they are, unless ``requantize``: then 4-bit ones are dequantized and quantized
+    again (a second rounding; for measurements). Errors go to ``quant_errors``.
+
+    ``group_size`` is per tensor where it does not divide K (quant.group_size_for; ``note`` is told
+    once, default: a line on stderr). ``asymmetric``: per-group offsets. ``calibrate``: a text file
+    (True: the shipped default) for the activation-aware search of llmgpu/calibrate.py. How it was
+    made goes to ``quantization`` (llmgpu.json).
     """
     if lm_head not in ("q8", "q4"):
         raise ValueError(f"lm_head quantization must be 'q8' or 'q4', got {lm_head!r}")
+    if group_size not in GROUP_SIZES:  # before any work
+        raise ValueError(f"q4gsw group size must be one of {GROUP_SIZES}, got {group_size}")
     from tqdm import tqdm
 
-    tensors = dict(ckpt.tensors)
+    tensors = _requantizable(ckpt) if requantize else dict(ckpt.tensors)
+    recipe = {"method": "calibrated" if calibrate else "search", "asymmetric": bool(asymmetric),
+              "group_size": group_size, "requantized": bool(requantize)}
     todo = [n for n, t in tensors.items() if is_linear(n) and not isinstance(t, (Q4Tensor, Q8Tensor))]
+    if kept := sum(isinstance(t, Q4Tensor) for t in tensors.values()):
+        recipe["kept_4bit"] = kept  # arrived in 4 bits and left as they were (the options did not apply)
     if "lm_head.weight" not in tensors:
         todo.append("lm_head.weight")
+    q4 = [n for n in todo if not (n == "lm_head.weight" and lm_head == "q8")]  # (int8 groups are always 32)
+    group_of = _group_sizes(tensors, q4, group_size, recipe, note)
     errors = dict(ckpt.quant_errors)
+    if calibrate:
+        tensors, recipe["calibration"] = _calibrated(ckpt, tensors, calibrate, group_of, asymmetric, errors,
+                                                     progress)
+        todo = [n for n in todo if not isinstance(tensors.get(n), (Q4Tensor, Q8Tensor))]
     for name in tqdm(todo, desc="quantizing", unit="tensor", disable=not progress):
         w = tensors.get(name, tensors["model.embed_tokens.weight"])
         try:
             if name == "lm_head.weight" and lm_head == "q8":
                 tensors[name], errors[name] = quantize_q8(w)
             else:
-                tensors[name], errors[name] = quantize(w, group_size)
+                tensors[name], errors[name] = quantize(w, group_of(w.shape[-1]), asymmetric=asymmetric)
         except ValueError as e:
             raise ValueError(f"cannot quantize {name} {tuple(w.shape)}: {e}") from None
-    return dataclasses.replace(ckpt, tensors=tensors, group_size=common_group_size(tensors), quant_errors=errors)
+    return dataclasses.replace(ckpt, tensors=tensors, group_size=common_group_size(tensors), quant_errors=errors,
+                               quantization=recipe)
+
+
+def _requantizable(ckpt: Checkpoint) -> dict:
+    """The tensors with every 4-bit linear dequantized to f32 (a tied 4-bit lm_head dropped: the
+    embedding holds its dequantized values, and quantizing makes a new head from it)."""
+    tensors = {}
+    for n, t in ckpt.tensors.items():
+        if isinstance(t, Q4Tensor) and n == "lm_head.weight" and ckpt.config.tie_word_embeddings:
+            continue
+        tensors[n] = dequantize(t) if isinstance(t, Q4Tensor) else t
+    return tensors
+
+
+def _group_sizes(tensors: dict, todo: list[str], group_size: int, recipe: dict, note):
+    """K -> group size for the tensors to quantize; where ``group_size`` does not divide K, says so
+    once and records it in ``recipe["group_sizes"]`` (as {K: size})."""
+    def k_of(n):
+        return (tensors.get(n, tensors.get("model.embed_tokens.weight"))).shape[-1]
+
+    sizes, names = {}, {}
+    for n in todo:
+        K = k_of(n)
+        try:
+            sizes[K] = group_size_for(K, group_size)
+        except ValueError as e:
+            raise ValueError(f"cannot quantize {n} (K={K}): {e}") from None
+        names.setdefault(K, []).append(n)
+    other = {K: g for K, g in sizes.items() if g != group_size}
+    if other:
+        recipe["group_sizes"] = {str(K): g for K, g in sorted(other.items())}
+        said = "; ".join(f"{len(names[K])} tensors with K={K} (e.g. {names[K][0]}) use {g}" for K, g in other.items())
+        (note or _note)(f"group size {group_size} does not divide every tensor's in_features: {said} "
+                        "(the largest supported size that divides K)")
+    return lambda K: sizes.get(K) or group_size_for(K, group_size)
+
+
+def _note(msg: str) -> None:
+    print(f"llmgpu: note: {msg}", file=sys.stderr, flush=True)
+
+
+def _calibrated(ckpt: Checkpoint, tensors: dict, calibrate, group_of, asymmetric: bool, errors: dict,
+                progress: bool) -> tuple[dict, dict]:
+    """The layers' linears quantized against calibration text (llmgpu/calibrate.py); the layers
+    must be float (pass requantize for a checkpoint that arrives in 4 bits)."""
+    from . import calibrate as cal
+    from .tokenizer import encode_prompt
+
+    held = [n for n, t in tensors.items() if n.startswith("model.layers.") and isinstance(t, (Q4Tensor, Q8Tensor))]
+    if held:
+        raise ValueError(f"calibration needs float layer weights, but {held[0]} (and {len(held) - 1} more) "
+                         "arrived quantized; pass --requantize (requantize=True) to dequantize them first")
+    text, label, sha = cal.read_text(None if calibrate is True else str(calibrate))
+    ids = encode_prompt(ckpt.tokenizer, text, add_bos=ckpt.add_bos, bos_token_id=ckpt.bos_token_id)
+    seqs = cal.chunks(ids)
+    tensors, layers = cal.calibrate_and_quantize(tensors, ckpt.config, seqs, group_of, asymmetric, errors, progress)
+    return tensors, {"text": label, "sha256": sha, "tokens": sum(map(len, seqs)), "sequences": len(seqs),
+                     "output_error_mean": round(float(np.mean([g["output_error"] for v in layers.values()
+                                                               for g in v.values()])), 6),
+                     "layers": {str(i): v for i, v in layers.items()}}
 
 
 def save_q4_checkpoint(ckpt: Checkpoint, out_dir: str | os.PathLike, *, float_dtype=np.float16,
@@ -599,7 +680,7 @@ def _write_q4_files(ckpt: Checkpoint, tmp: Path, float_dtype) -> None:
     errs = ckpt.quant_errors
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "group_size": ckpt.group_size, "source": ckpt.source,
             "quant_error_mean": float(np.mean(list(errs.values()))) if errs else None, "quant_errors": errs,
-            "files": _manifest(tmp)}  # written last: a directory with llmgpu.json is complete
+            "quantization": ckpt.quantization, "files": _manifest(tmp)}  # written last: a directory with llmgpu.json is complete
     (tmp / "llmgpu.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
@@ -757,23 +838,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMGPU_CACHE") or "~/.cache/llmgpu").expanduser()
 
 
-def _cache_key(label: str, path: Path, group_size: int) -> str:
+def _cache_key(label: str, path: Path, group_size: int, options: dict | None = None) -> str:
+    """Same source files (names, sizes, mtimes), group size and options: same key. ``options`` (e.g.
+    asymmetric) join the key only when given, so the default recipe keeps its earlier keys."""
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    blob = json.dumps([label, str(path), stats, group_size, FORMAT_VERSION]).encode()
+    blob = json.dumps([label, str(path), stats, group_size, FORMAT_VERSION] + ([options] if options else [])).encode()
     slug = re.sub(r"[^\w.-]+", "-", label.rstrip("/").replace("/", "--").split("--")[-1])[:48]
     return f"{slug}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT_GROUP_SIZE, *,
-                            progress: bool = True) -> Checkpoint:
+                            progress: bool = True, asymmetric: bool = False) -> Checkpoint:
     """Load ``source`` quantized to q4gsw, from the cache if this source (same files, sizes, mtimes) was
-    quantized with this group size before; otherwise quantize it and cache the result."""
+    quantized with this group size (and options) before; otherwise quantize it and cache the result."""
     path, label = _resolve(source)
     if path.is_dir() and (path / "llmgpu.json").is_file():
         return load_checkpoint(path)  # already q4gsw
     sweep_temp_dirs(cache_dir())
-    target = cache_dir() / _cache_key(label, path, group_size)
+    target = cache_dir() / _cache_key(label, path, group_size, {"asymmetric": True} if asymmetric else None)
     if (target / "llmgpu.json").is_file():
         try:
             return _load_cache_entry(target)
@@ -782,7 +865,7 @@ def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT
             print(f"llmgpu: the cached quantized model {target} is unusable ({why}); rebuilding it from "
                   f"{label}", file=sys.stderr, flush=True)
     ckpt = load_checkpoint(path)
-    ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress)
+    ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress, asymmetric=asymmetric)
     save_q4_checkpoint(ckpt, target, force=True)
     return load_checkpoint(target)
 

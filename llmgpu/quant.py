@@ -4,7 +4,8 @@ The format, specified once
 --------------------------
 A linear layer's weight ``W`` has shape ``(N, K) = (out_features, in_features)`` and computes
 ``y = x @ W.T``. Along K, every ``group_size`` consecutive values (32, 64 or 128; K must be a
-multiple of it) share one scale. Each weight is a signed 4-bit integer ``q`` in [-8, 7]:
+multiple of it; it may differ between tensors) share one scale. Each weight is a signed 4-bit
+integer ``q`` in [-8, 7]:
 
     w[n, k] = scales[n, k // group_size] * q[n, k]  (+ offsets[n, k // group_size])
 
@@ -15,17 +16,30 @@ Arrays (all C-contiguous):
   nibble ``q + 8`` (0..15). So a row is K/2 bytes, little-endian nibble order along K.
 * ``scales``   ``(N, K // group_size)`` float16. Scales may be negative (the quantizer
   uses the sign to put the largest-magnitude weight on the -8 level).
-* ``offsets``  ``None`` or ``(N, K // group_size)`` float32. Present only for imported
-  asymmetric checkpoints (GGUF Q4_1: ``w = d*n + m``, n in 0..15, becomes ``s = d``,
-  ``q = n - 8``, ``o = m + 8d``; m + 8d is exact in float32 for the f16 inputs seen in
-  practice). Kernels add ``o_g * sum_{k in g} x_k``.
+* ``offsets``  ``None`` or ``(N, K // group_size)`` float32. Present for asymmetric weights:
+  quantized with ``asymmetric=True`` (``llmgpu quantize --asymmetric``), or imported (GGUF
+  Q4_1: ``w = d*n + m``, n in 0..15, becomes ``s = d``, ``q = n - 8``, ``o = m + 8d``; m + 8d
+  is exact in float32 for the f16 inputs seen in practice). Kernels add ``o_g * sum_{k in g} x_k``.
 
 GGUF Q4_0 (an f16 scale ``d`` and 32 nibbles, value ``(nibble - 8) * d``) is this format
 with group size 32 after re-ordering the nibbles, so it converts exactly.
 
+Group size per tensor: :func:`group_size_for` takes the requested size where it divides K, else the
+largest supported size that does (e.g. 64 for K = 576 when 128 is asked for); K not a multiple of 32
+is refused. The choice depends on K alone, so weights that the runtime fuses (q/k/v, gate/up: they
+share their input, hence K) always agree.
+
 The quantizer picks each group's scale by a search over candidate scales that minimises the
 group's squared reconstruction error (with the scale rounded to f16, as stored), not only
-``absmax / 7``.
+``absmax / 7``. Two options (:func:`quantize`):
+
+* ``importance`` (K,) >= 0, e.g. E[x_k^2] of the layer's inputs on calibration text: the search
+  minimises sum_k importance_k (w_k - w^_k)^2 per group, the diagonal of the output error
+  ||X (W - W^)^T||^2, instead of the plain weight error, and refines the best scale by weighted
+  least squares (llmgpu/calibrate.py);
+* ``asymmetric``: per-group offsets too (``w = s q + o``), starting from the group's min/max
+  (q = -8 on the minimum, +7 on the maximum), then a search over shrunken ranges, each refined by
+  (weighted) least squares for s and o.
 """
 from __future__ import annotations
 
@@ -98,14 +112,33 @@ def dequantize(t, dtype=np.float32) -> np.ndarray:
     return w.reshape(N, K).astype(dtype)
 
 
+def group_size_for(K: int, group_size: int) -> int:
+    """The group size a tensor with ``K`` inputs gets when ``group_size`` is asked for: that size if it
+    divides K, else the largest supported size that does. ValueError if none does."""
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"q4gsw group size must be one of {GROUP_SIZES}, got {group_size}")
+    fits = [g for g in GROUP_SIZES if K % g == 0]
+    if K % group_size == 0:
+        return group_size
+    if not fits:
+        raise ValueError(f"q4gsw needs in_features (K={K}) to be a multiple of 32 (the smallest group size)")
+    return max(fits)
+
+
 # Candidate divisors for the scale search: s = m / c, where m is the group's largest-magnitude
 # value (with its sign). c near -8 puts m on the q = -8 level, c near +7 on q = +7; values in
 # between trade clipping of m for finer steps everywhere else.
 _CANDIDATES = np.concatenate([np.linspace(-8.0, -6.0, 9), np.linspace(6.0, 7.5, 7)])
+# Asymmetric search: the fraction of the group's range given up at the bottom and at the top.
+_SHRINK = (0.0, 0.03, 0.07, 0.12)
 
 
-def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[Q4Tensor, float]:
-    """Quantize a float (N, K) matrix to q4gsw. Returns (tensor, relative Frobenius error)."""
+def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE, *, asymmetric: bool = False,
+             importance: np.ndarray | None = None) -> tuple[Q4Tensor, float]:
+    """Quantize a float (N, K) matrix to q4gsw. Returns (tensor, relative Frobenius error).
+
+    ``importance`` (K,) weights each input's squared error in the search (see the module docstring);
+    ``asymmetric`` adds per-group offsets. The reported error is always the plain weight error."""
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
         raise ValueError(f"q4gsw quantizes 2-D weights, got shape {w.shape}")
@@ -113,28 +146,95 @@ def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[Q4Ten
     check_group_size(K, group_size)
     G = K // group_size
     wg = w.reshape(N, G, group_size)
-    idx = np.abs(wg).argmax(axis=2)
-    m = np.take_along_axis(wg, idx[:, :, None], axis=2)[:, :, 0]  # (N, G) signed max-magnitude
-    best_err = np.full((N, G), np.inf, dtype=np.float32)
-    best_s = np.zeros((N, G), dtype=np.float16)
-    for c in _CANDIDATES:
-        s = (m / c).astype(np.float16)
-        s32 = s.astype(np.float32)
-        safe = np.where(s32 == 0, 1.0, s32)
-        q = np.clip(np.rint(wg / safe[:, :, None]), -8, 7)
-        q = np.where(s32[:, :, None] == 0, 0, q)
-        err = ((q * s32[:, :, None] - wg) ** 2).sum(axis=2)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_s = np.where(better, s, best_s)
-    s32 = best_s.astype(np.float32)
-    safe = np.where(s32 == 0, 1.0, s32)
-    q = np.clip(np.rint(wg / safe[:, :, None]), -8, 7).astype(np.int32)
-    q = np.where(s32[:, :, None] == 0, 0, q)
-    t = Q4Tensor(pack_nibbles((q + 8).reshape(N, K)), best_s, group_size)
+    imp = None
+    if importance is not None:
+        imp = np.asarray(importance, np.float32)
+        if imp.shape != (K,) or not np.isfinite(imp).all() or (imp < 0).any():
+            raise ValueError(f"importance must be {K} finite values >= 0, got shape {imp.shape}")
+        imp = (imp / (imp.mean() or 1.0) + 1e-6).reshape(1, G, group_size)  # + 1e-6: no input is free
+    if asymmetric:
+        s, o, q = _search_asymmetric(wg, imp)
+    else:
+        s, q = _search_symmetric(wg, imp)
+        o = None
+    t = Q4Tensor(pack_nibbles((q.astype(np.int32) + 8).reshape(N, K)), s, group_size, o)
     denom = float(np.sqrt((w.astype(np.float64) ** 2).sum())) or 1.0
     err = float(np.sqrt(((dequantize(t).astype(np.float64) - w) ** 2).sum())) / denom
     return t, err
+
+
+def _levels(wg, s16, o=None):
+    """q in [-8, 7] for scales ``s16`` (f16, (N, G)) and offsets ``o`` (f32 or None); 0 where s = 0."""
+    s32 = s16.astype(np.float32)
+    safe = np.where(s32 == 0, 1.0, s32)[:, :, None]
+    x = wg if o is None else wg - o[:, :, None]
+    q = np.clip(np.rint(x / safe), -8, 7)
+    return np.where(s32[:, :, None] == 0, np.float32(0), q)  # float32: the error sums stay in f32
+
+
+def _group_err(wg, q, s16, o, imp):
+    r = q * s16.astype(np.float32)[:, :, None] - wg
+    if o is not None:
+        r = r + o[:, :, None]
+    return ((r * r) if imp is None else (r * r * imp)).sum(axis=2)
+
+
+def _search_symmetric(wg, imp):
+    """The best f16 scale per group among s = m / c (c in _CANDIDATES), and its levels; with
+    ``imp``, errors are weighted and the winner is refined by weighted least squares."""
+    idx = np.abs(wg).argmax(axis=2)
+    m = np.take_along_axis(wg, idx[:, :, None], axis=2)[:, :, 0]  # (N, G) signed max-magnitude
+    best_err = np.full(m.shape, np.inf, dtype=np.float32)
+    best_s = np.zeros(m.shape, dtype=np.float16)
+    for c in _CANDIDATES:
+        s = (m / c).astype(np.float16)
+        err = _group_err(wg, _levels(wg, s), s, None, imp)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s = np.where(better, s, best_s)
+    if imp is not None:  # s = sum(i q w) / sum(i q^2) for the winner's levels, kept where better
+        q = _levels(wg, best_s)
+        den = (imp * q * q).sum(axis=2)
+        s = np.where(den > 0, (imp * q * wg).sum(axis=2) / np.where(den > 0, den, 1), best_s).astype(np.float16)
+        err = _group_err(wg, _levels(wg, s), s, None, imp)
+        best_s = np.where(err < best_err, s, best_s)
+    return best_s, _levels(wg, best_s)
+
+
+def _search_asymmetric(wg, imp):
+    """Scales and offsets per group: the min/max range (shrunk by each pair in _SHRINK), each refined
+    once by least squares for (s, o) given its levels; the lowest (weighted) error wins."""
+    lo, hi = wg.min(axis=2), wg.max(axis=2)
+    span = hi - lo
+    best = (np.full(lo.shape, np.inf, np.float32), np.zeros(lo.shape, np.float16), np.zeros(lo.shape, np.float32))
+    for a in _SHRINK:
+        for b in _SHRINK:
+            s = ((span * (1 - a - b)) / 15).astype(np.float16)
+            o = (lo + a * span + 8 * s.astype(np.float32)).astype(np.float32)  # q = -8 on the (shrunk) min
+            best = _keep_better(best, wg, s, o, imp)
+            best = _keep_better(best, wg, *_refit(wg, _levels(wg, s, o), imp), imp)
+    _, s, o = best
+    return s, o, _levels(wg, s, o)
+
+
+def _keep_better(best, wg, s16, o, imp):
+    o = np.where(s16 == 0, wg.mean(axis=2), o).astype(np.float32)  # a constant group: o is its value
+    err = _group_err(wg, _levels(wg, s16, o), s16, o, imp)
+    better = err < best[0]
+    return (np.where(better, err, best[0]), np.where(better, s16, best[1]), np.where(better, o, best[2]))
+
+
+def _refit(wg, q, imp):
+    """(s, o) minimising sum i (s q + o - w)^2 per group for fixed levels q: 2x2 normal equations;
+    s rounded to f16, then o solved again for that s (o is stored in f32)."""
+    i = np.ones_like(wg) if imp is None else np.broadcast_to(imp, wg.shape)
+    si, sq, sqq = i.sum(2), (i * q).sum(2), (i * q * q).sum(2)
+    sw, sqw = (i * wg).sum(2), (i * q * wg).sum(2)
+    det = si * sqq - sq * sq
+    ok = det > 1e-12 * np.maximum(si * sqq, 1e-30)
+    s = np.where(ok, (si * sqw - sq * sw) / np.where(ok, det, 1), 0).astype(np.float16)
+    o = (sw - s.astype(np.float32) * sq) / np.maximum(si, 1e-30)
+    return s, o.astype(np.float32)
 
 
 def random_q4(N: int, K: int, group_size: int = DEFAULT_GROUP_SIZE, rng=None,
@@ -233,3 +333,59 @@ def from_gguf_q4_1(raw: np.ndarray, N: int, K: int) -> Q4Tensor:
     nib = _q4_gguf_nibbles(b[:, 4:]).reshape(N, K)
     o = m.astype(np.float32) + 8.0 * d.astype(np.float32)
     return Q4Tensor(pack_nibbles(nib), d, 32, o)
+
+
+# ---- output-error-aware rounding (GPTQ) ---------------------------------------------------------
+
+def quantize_gptq(w: np.ndarray, group_size: int, hessian: np.ndarray, asymmetric: bool = False,
+                  damp: float = 0.01) -> tuple[Q4Tensor, float]:
+    """Quantize (N, K) ``w`` to minimise the output error ||X (W - W^)^T||^2 for ``hessian`` = X^T X
+    (K, K), by GPTQ (Frantar et al. 2022): columns are rounded left to right and each one's rounding
+    error is spread over the columns not yet rounded, through the Cholesky factor of H^-1. A group's
+    scale (and offset) is searched when its first column is reached, on the weights as updated so
+    far, weighted by diag(H). ``damp`` x mean(diag H) is added to the diagonal (rows of X that do
+    not span every input). Returns (tensor, relative Frobenius weight error)."""
+    w = np.asarray(w, np.float32)
+    N, K = w.shape
+    check_group_size(K, group_size)
+    H = np.array(hessian, np.float64)
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0  # an input that is always 0: its weights do not matter
+    H[np.diag_indices(K)] += damp * np.diag(H).mean()
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper: row i holds how column i's error spreads right
+    W = np.where(dead[None, :], 0, w).astype(np.float64)
+    G = K // group_size
+    q = np.zeros((N, K), np.float32)
+    s, o = np.zeros((N, G), np.float16), np.zeros((N, G), np.float32) if asymmetric else None
+    imp = np.diag(H)
+    for g in range(G):
+        a, b = g * group_size, (g + 1) * group_size
+        s[:, g:g + 1], og, q[:, a:b], W = _gptq_group(W, U, a, b, imp, asymmetric)
+        if o is not None:
+            o[:, g:g + 1] = og
+    t = Q4Tensor(pack_nibbles((q.astype(np.int32) + 8)), s, group_size, o)
+    err = float(np.linalg.norm(dequantize(t).astype(np.float64) - w) / (np.linalg.norm(w) or 1.0))
+    return t, err
+
+
+def _gptq_group(W, U, a: int, b: int, imp, asymmetric: bool):
+    """Round columns a..b-1 (one group) of the working weights W, spreading each error right;
+    returns (scale (N, 1), offset (N, 1) or None, levels (N, b - a), updated W)."""
+    wg = W[:, a:b].astype(np.float32)[:, None, :]
+    i = (imp[a:b] / (imp[a:b].mean() or 1.0) + 1e-6).astype(np.float32)[None, None, :]
+    if asymmetric:
+        s, o, _ = _search_asymmetric(wg, i)
+    else:
+        (s, _), o = _search_symmetric(wg, i), None
+    s32 = s.astype(np.float64)[:, 0]
+    off = 0.0 if o is None else o.astype(np.float64)[:, 0]
+    safe = np.where(s32 == 0, 1.0, s32)
+    q = np.zeros((W.shape[0], b - a), np.float32)
+    err = np.zeros((W.shape[0], b - a))
+    for j in range(a, b):
+        qj = np.where(s32 == 0, 0.0, np.clip(np.rint((W[:, j] - off) / safe), -8, 7))
+        e = (W[:, j] - (qj * s32 + off)) / U[j, j]
+        W[:, j:b] -= np.outer(e, U[j, j:b])
+        q[:, j - a], err[:, j - a] = qj, e
+    W[:, b:] -= err @ U[a:b, b:]  # the whole group's errors, spread over the later columns at once
+    return s, o, q, W

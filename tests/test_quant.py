@@ -80,3 +80,121 @@ def test_int8_weights_keep_the_largest_value(rng):
     np.testing.assert_allclose(got, big, rtol=2e-3)  # f16 scale: 2^-11 relative
     np.testing.assert_allclose(t.scales.astype(np.float32), (np.abs(g).max(2) / 127).astype(np.float16), rtol=0)
     assert err < 0.01
+
+
+# ---- group size per tensor, asymmetric, importance (issue 13) -------------------------------
+
+def test_group_size_falls_back_to_the_largest_that_divides_k():
+    """Catches: a fallback to the smallest size (32) or to any size that fits, and K % 32 != 0 accepted."""
+    from llmgpu.quant import group_size_for
+    assert group_size_for(576, 128) == 64 and group_size_for(1536, 128) == 128
+    assert group_size_for(96, 128) == 32 and group_size_for(96, 64) == 32 and group_size_for(576, 32) == 32
+    with pytest.raises(ValueError, match="multiple of 32"):
+        group_size_for(48, 32)
+    with pytest.raises(ValueError, match="must be one of"):
+        group_size_for(96, 48)
+
+
+def reference_asymmetric_minmax(w, gs):
+    """NumPy, from the formula: s = (max - min) / 15 (f16), o = min + 8 s, q = clip(rint((w - o) / s))."""
+    g = w.reshape(w.shape[0], -1, gs)
+    lo, hi = g.min(2, keepdims=True), g.max(2, keepdims=True)
+    s = ((hi - lo) / 15).astype(np.float16).astype(np.float32)
+    o = lo + 8 * s
+    q = np.clip(np.rint((g - o) / s), -8, 7)
+    return (q * s + o).reshape(w.shape)
+
+
+@pytest.mark.parametrize("gs", GROUP_SIZES)
+def test_asymmetric_round_trip(rng, gs):
+    """Offsets are stored and used (w = s q + o), the search is never worse than min/max, the reported
+    error is the true one, and shifted weights gain from offsets. Catches: o = min (not min + 8 s),
+    offsets dropped, a search that loses the min/max start."""
+    N, K = 23, 3 * gs
+    w = (rng.standard_normal((N, K)) + rng.uniform(-2, 2, (N, 1))).astype(np.float32)
+    t, err = quantize(w, gs, asymmetric=True)
+    assert t.offsets is not None and t.offsets.shape == (N, K // gs) and t.offsets.dtype == np.float32
+    q = unpack_nibbles(t.qweight).astype(np.float32).reshape(N, -1, gs) - 8
+    mine = (q * t.scales.astype(np.float32)[..., None] + t.offsets[..., None]).reshape(N, K)
+    np.testing.assert_array_equal(dequantize(t), mine)
+    assert abs(err - np.linalg.norm(mine - w) / np.linalg.norm(w)) < 1e-6
+    per_group = lambda a: np.square(a - w).reshape(N, -1, gs).sum(2)  # noqa: E731
+    assert np.all(per_group(mine) <= per_group(reference_asymmetric_minmax(w, gs)) * (1 + 1e-5) + 1e-12)
+    assert err < 0.8 * quantize(w, gs)[1]
+
+
+def test_asymmetric_reproduces_q4_1_weights(rng):
+    """Weights that are already 4-bit asymmetric (GGUF Q4_1, dequantized) come back exactly: the min/max
+    start hits their grid. Catches a start that shrinks the range or rounds the offset."""
+    N, K = 16, 128
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1)
+    ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1).reshape(N, K)
+    t, err = quantize(ref, 32, asymmetric=True)
+    np.testing.assert_allclose(dequantize(t), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+def skewed_layer(rng, N=48, K=256):
+    """A random weight and inputs whose channels differ in scale by orders of magnitude (as LLM
+    activations do): a few channels carry most of the output."""
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    x = (rng.standard_normal((512, K)) * np.exp(1.5 * rng.standard_normal(K))).astype(np.float32)
+    return w, x
+
+
+def out_err(x, w, wq):
+    return np.linalg.norm(x @ (w - wq).T) / np.linalg.norm(x @ w.T)
+
+
+@pytest.mark.parametrize("asym", [False, True])
+def test_importance_lowers_output_error_on_skewed_activations(rng, asym):
+    """The weighted search trades weight error for output error. Catches: importance ignored (equal
+    errors), or applied inverted (output error rises)."""
+    w, x = skewed_layer(rng)
+    plain, _ = quantize(w, 32, asymmetric=asym)
+    weighted, _ = quantize(w, 32, asymmetric=asym, importance=np.square(x).mean(0))
+    assert out_err(x, w, dequantize(weighted)) < 0.85 * out_err(x, w, dequantize(plain))
+
+
+def test_bad_importance_is_a_clear_error(rng):
+    with pytest.raises(ValueError, match="importance must be 64"):
+        quantize(rng.standard_normal((4, 64)), 32, importance=np.ones(32))
+    with pytest.raises(ValueError, match="importance must be"):
+        quantize(rng.standard_normal((4, 64)), 32, importance=-np.ones(64))
+
+
+@pytest.mark.parametrize("asym", [False, True])
+def test_awq_scaling_lowers_output_error(rng, asym):
+    """calibrate.awq_quantize on a random layer with skewed activations: the quantized W diag(s),
+    divided back by s, has a clearly lower output error than the plain search; the error it reports
+    is the one measured. Catches: scales not divided back (error explodes), s applied to the wrong
+    axis, the search not choosing by output error."""
+    from llmgpu.calibrate import awq_quantize
+    w, x = skewed_layer(rng)
+    [(qt, _)], s, alpha, err = awq_quantize(x, [w], [32], asym, fold=True)
+    wq = dequantize(qt) / s
+    assert err == pytest.approx(out_err(x[::2], w, wq), rel=1e-3)
+    assert alpha is not None and alpha > 0
+    assert out_err(x, w, wq) < 0.7 * out_err(x, w, dequantize(quantize(w, 32, asymmetric=asym)[0]))
+
+
+@pytest.mark.parametrize("asym", [False, True])
+@pytest.mark.parametrize("K", [32, 128])
+def test_gptq_compensates_rounding_on_correlated_inputs(rng, asym, K):
+    """quantize_gptq against the weighted search on inputs whose channels are correlated (as
+    activations are): spreading each column's rounding error over the later columns lowers the
+    output error clearly; the tensor is a valid q4gsw tensor whose reported error is the true one.
+    Catches: no error propagation within a group (K = 32) or across groups (K = 128; either way it
+    is the weighted search), propagation with the wrong sign or through the wrong triangle of the
+    Cholesky factor (then worse)."""
+    from llmgpu.quant import quantize_gptq
+    N = 40
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    mix = np.eye(K) + 0.3 * rng.standard_normal((K, K)) / np.sqrt(K) * 4
+    x = (rng.standard_normal((1024, K)) @ mix).astype(np.float32)
+    H = x.T.astype(np.float64) @ x
+    t, err = quantize_gptq(w, 32, H, asymmetric=asym)
+    assert (t.offsets is not None) == asym and t.scales.shape == (N, K // 32)
+    assert abs(err - np.linalg.norm(dequantize(t) - w) / np.linalg.norm(w)) < 1e-6
+    weighted, _ = quantize(w, 32, asymmetric=asym, importance=np.diag(H))
+    assert out_err(x, w, dequantize(t)) < 0.93 * out_err(x, w, dequantize(weighted))

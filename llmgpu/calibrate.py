@@ -1,0 +1,201 @@
+"""Activation-aware (calibrated) quantization: run the float model on calibration text in NumPy, then
+quantize each layer to minimise its *output* error ||X (W - W^)^T|| rather than its weight error.
+
+Per layer, with the inputs X each linear sees on the calibration text (the float model; no torch):
+
+* q/k/v (input: input_layernorm's output) and gate/up (input: post_attention_layernorm's output):
+  AWQ-style per-input-channel scales ``s = mean|x|^alpha`` (normalised around 1). The weight becomes
+  ``W diag(s)`` before quantizing and the norm weight is divided by ``s``, which leaves the float
+  model unchanged (RMSNorm multiplies by its weight last) while salient channels get finer steps.
+* down_proj (input: silu(gate) * up): the same, with ``1/s`` folded into up_proj's rows (the product
+  is linear in up).
+* o_proj (input: the attention output): no fold (under grouped-query attention the v rows that feed
+  it are shared by several heads), only the weighted search.
+
+Each (scaled) weight is then rounded by GPTQ (:func:`llmgpu.quant.quantize_gptq`: column by column,
+each rounding error compensated in the columns not yet rounded, through H = X^T X of the scaled
+inputs; group scales searched with importance diag(H)). alpha is chosen per layer and fused group
+from ``_ALPHAS`` by the measured output error on up to ``_LOSS_ROWS`` calibration rows, with the
+plain (uncalibrated) search as one more candidate, so on those rows a layer is never worse than
+without calibration.
+
+The default calibration text (``llmgpu/calibration/default.txt``) was written for llmgpu (varied
+prose, dialogue, instructions, code and numbers) and is under the project's licence, Apache-2.0.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig, rope_inv_freq
+from .quant import dequantize, quantize, quantize_gptq
+
+_ALPHAS = (0.0, 0.25, 0.5, 0.75)
+_LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
+DEFAULT_TOKENS = 2048  # calibration tokens at most
+CHUNK = 512  # tokens per independent sequence in the calibration forward pass
+
+
+def read_text(path: str | None) -> tuple[str, str, str]:
+    """(text, label, sha256) of a UTF-8 calibration file, or of the shipped default for None."""
+    if path is None:
+        data = resources.files("llmgpu").joinpath("calibration/default.txt").read_bytes()
+        label = "llmgpu default (calibration/default.txt)"
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"calibration file {p}: no such file" if not p.exists()
+                                    else f"calibration file {p} is not a file; give a UTF-8 text file")
+        data, label = p.read_bytes(), p.name
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"calibration file {label} is not UTF-8 text (invalid byte at offset {e.start}); "
+                         "convert it first") from None
+    return text, label, hashlib.sha256(data).hexdigest()
+
+
+def chunks(ids: list[int], max_tokens: int = DEFAULT_TOKENS, chunk: int = CHUNK) -> list[list[int]]:
+    ids = ids[:max_tokens]
+    if len(ids) < 16:
+        raise ValueError(f"the calibration text has {len(ids)} tokens; give at least 16 (a few paragraphs)")
+    return [ids[i:i + chunk] for i in range(0, len(ids), chunk) if len(ids[i:i + chunk]) >= 2]
+
+
+# ---- the float forward pass, one layer at a time ---------------------------------------------
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * np.asarray(w, np.float32)
+
+
+def _rope(x: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """HF's rotate-half RoPE on (T, heads, hd) at positions 0..T-1."""
+    ang = np.arange(x.shape[0])[:, None] * inv_freq[None, :]
+    cos, sin = np.cos(ang).astype(np.float32)[:, None], np.sin(ang).astype(np.float32)[:, None]
+    h = x.shape[-1] // 2
+    a, b = x[..., :h], x[..., h:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def _attention(T: dict, cfg: ModelConfig, p: str, x: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """Causal grouped-query self-attention of one sequence x (T, d) -> (T, q_dim), before o_proj."""
+    n, hd, nh, nkv = x.shape[0], cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+    proj = lambda k: x @ np.asarray(T[p + k + ".weight"], np.float32).T + (  # noqa: E731
+        np.asarray(T[p + k + ".bias"], np.float32) if p + k + ".bias" in T else 0)
+    q, k, v = proj("q_proj").reshape(n, nh, hd), proj("k_proj").reshape(n, nkv, hd), proj("v_proj").reshape(n, nkv, hd)
+    if cfg.qk_norm:
+        q, k = rmsnorm(q, T[p + "q_norm.weight"], cfg.rms_norm_eps), rmsnorm(k, T[p + "k_norm.weight"], cfg.rms_norm_eps)
+    q, k = _rope(q, inv_freq), _rope(k, inv_freq)
+    k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+    s = np.einsum("qhd,khd->hqk", q, k) / np.float32(math.sqrt(hd))
+    s = np.where(np.tril(np.ones((n, n), bool))[None], s, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum("hqk,khd->qhd", e / e.sum(-1, keepdims=True), v).reshape(n, nh * hd)
+
+
+def layer_forward(T: dict, cfg: ModelConfig, i: int, hs: list[np.ndarray], inv_freq: np.ndarray):
+    """Layer i on each sequence's hidden states ``hs`` (float weights in ``T``): the new hidden states,
+    and each linear's inputs over all sequences stacked: {"qkv", "o", "gate_up", "down"} -> (rows, K)."""
+    p, eps = f"model.layers.{i}.", cfg.rms_norm_eps
+    W = lambda n: np.asarray(T[p + n], np.float32)  # noqa: E731
+    b = lambda n: np.asarray(T[p + n], np.float32) if p + n in T else 0  # noqa: E731
+    seen = {"qkv": [], "o": [], "gate_up": [], "down": []}
+    out = []
+    for h in hs:
+        xa = rmsnorm(h, T[p + "input_layernorm.weight"], eps)
+        a = _attention(T, cfg, p + "self_attn.", xa, inv_freq)
+        h = h + a @ W("self_attn.o_proj.weight").T + b("self_attn.o_proj.bias")
+        xm = rmsnorm(h, T[p + "post_attention_layernorm.weight"], eps)
+        g, u = xm @ W("mlp.gate_proj.weight").T, xm @ W("mlp.up_proj.weight").T
+        act = g * (0.5 + 0.5 * np.tanh(0.5 * g)) * u  # silu; the tanh form cannot overflow
+        out.append(h + act @ W("mlp.down_proj.weight").T)
+        for k, x in zip(seen, (xa, a, xm, act)):
+            seen[k].append(x)
+    return out, {k: np.concatenate(v) for k, v in seen.items()}
+
+
+# ---- the search ----------------------------------------------------------------------------
+
+def output_error(x: np.ndarray, ws: list[np.ndarray], wq: list[np.ndarray]) -> float:
+    """||X (W - W^)^T|| / ||X W^T|| over the fused weights ``ws`` and their reconstructions ``wq``."""
+    num = sum(float(np.square(x @ (w - q).T).sum()) for w, q in zip(ws, wq))
+    den = sum(float(np.square(x @ w.T).sum()) for w in ws)
+    return math.sqrt(num / (den or 1.0))
+
+
+def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], asymmetric: bool, fold: bool):
+    """Quantize weights ``ws`` (each (N_i, K)) that share the input ``x`` (rows, K): returns (tensors,
+    per-input scales s to divide the preceding op's output by (ones unless ``fold``), alpha or None
+    for the plain search, output error); tensors are (Q4Tensor, relative weight error) pairs, each
+    standing for ``W diag(s)``."""
+    xs = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
+    mean_abs = np.abs(x).mean(0) + 1e-8
+    ones = np.ones(x.shape[1], np.float32)
+    cands = [(None, ones)] + [(a, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
+    H = x.T.astype(np.float64) @ x / len(x)
+    best = None
+    for alpha, s in cands:
+        if alpha is None:
+            qs = [quantize(w, g, asymmetric=asymmetric) for w, g in zip(ws, group_sizes)]
+        else:  # the inputs become x / s: H scales by 1 / (s_i s_j)
+            hs = H / np.outer(s, s)
+            qs = [quantize_gptq(w * s, g, hs, asymmetric) for w, g in zip(ws, group_sizes)]
+        err = output_error(xs, ws, [dequantize(q) / s for q, _ in qs])
+        if best is None or err < best[3]:
+            best = (qs, s, alpha, err)
+    return best
+
+
+def _channel_scales(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
+    s = mean_abs.astype(np.float64) ** alpha
+    s = s / math.sqrt(s.max() * s.min())  # centred around 1 in log scale, as AWQ does
+    return np.clip(s, 1e-4, 1e4).astype(np.float32)
+
+
+_QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+_GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
+
+
+def quantize_layer(T: dict, i: int, xs: dict, group_size_of, asymmetric: bool, errors: dict) -> dict:
+    """Quantize layer i's seven linears from their inputs ``xs``, folding the channel scales into
+    input_layernorm, post_attention_layernorm and up_proj's rows. Updates ``T`` in place (quantized
+    weights, folded float norms) and ``errors`` (weight errors); returns {group: {alpha, output
+    error}} for the metadata."""
+    p = f"model.layers.{i}."
+    info = {}
+    for group, names, x, fold in (("down", ("mlp.down_proj.weight",), xs["down"], "mlp.up_proj.weight"),
+                                  ("o", ("self_attn.o_proj.weight",), xs["o"], None),
+                                  ("qkv", _QKV, xs["qkv"], "input_layernorm.weight"),
+                                  ("gate_up", _GATE_UP, xs["gate_up"], "post_attention_layernorm.weight")):
+        ws = [np.asarray(T[p + n], np.float32) for n in names]
+        qs, s, alpha, err = awq_quantize(x, ws, [group_size_of(w.shape[1]) for w in ws], asymmetric, fold is not None)
+        for n, (q, e) in zip(names, qs):
+            T[p + n], errors[p + n] = q, e
+        if fold is not None:  # down before gate_up: up's rows take 1/s before up is quantized
+            f = np.asarray(T[p + fold], np.float32)
+            T[p + fold] = f / s[:, None] if f.ndim == 2 else f / s
+        info[group] = {"alpha": alpha, "output_error": round(err, 6)}
+    return info
+
+
+def calibrate_and_quantize(tensors: dict, cfg: ModelConfig, seqs: list[list[int]], group_size_of,
+                           asymmetric: bool, errors: dict, progress: bool = True) -> tuple[dict, dict]:
+    """Quantize every layer's linears of the float ``tensors`` with calibration sequences ``seqs``;
+    returns (new tensors, {layer: {group: {alpha, output_error}}}) and fills ``errors``. lm_head is
+    left to the caller."""
+    from tqdm import tqdm
+
+    T = dict(tensors)
+    emb = np.asarray(T["model.embed_tokens.weight"], np.float32)
+    hs = [emb[np.asarray(s)] for s in seqs]
+    inv_freq = rope_inv_freq(cfg)
+    info = {}
+    for i in tqdm(range(cfg.num_hidden_layers), desc="calibrating", unit="layer", disable=not progress):
+        hs, xs = layer_forward(T, cfg, i, hs, inv_freq)  # float weights: before this layer is quantized
+        info[i] = quantize_layer(T, i, xs, group_size_of, asymmetric, errors)
+    return T, info
