@@ -200,12 +200,24 @@ def step_shape(model) -> dict:
                 workgroups=model.kernel.workgroups)
 
 
+def _check_model_path(model: str) -> None:
+    """A --model that is neither a local path nor shaped like a hub id fails here, before the
+    device (the loader would say the same after it)."""
+    from pathlib import Path
+
+    from .loader import _HUB_ID
+    if not Path(model).expanduser().exists() and (not _HUB_ID.fullmatch(model) or model.startswith((".", "~"))):
+        raise FileNotFoundError(f"{model}: no such file or directory, and not a Hugging Face hub id (org/name)")
+
+
 def validate(args) -> None:
     """Every argument of `llmgpu bench` that can be checked before the device and the model."""
     if args.model and args.shape:
         raise ValueError("give --model or --shape, not both")
     if args.shape:
         get_shape(args.shape)
+    if args.model:
+        _check_model_path(args.model)
     for flag, v, low in (("-p", args.p, 0), ("-n", args.n, 0), ("-d", args.d, 0), ("-r", args.r, 1),
                          ("--ctx", args.ctx, 0), ("--workgroups", args.workgroups, 0),
                          ("--stream-bytes", args.stream_bytes, 16)):
