@@ -269,11 +269,12 @@ def run(args) -> int:
                   date=time.strftime("%Y-%m-%d"), repetitions=args.r, startup=st.as_dict(), rows=rows)
     profs = {}
     if args.profile:  # a decode step, and the first prefill chunk of the pp test
-        for key, M in (("profile", 1), ("profile_pp", min(args.p, model.chunk))):
+        pp = min(args.p, model.chunk)
+        for key, M in (("profile", 1 if args.n else 0), ("profile_pp", pp if pp > 1 else 0)):
             if M:
                 profs[key] = profile_step(model, M)
                 result[key] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in profs[key]]
-        if args.profile_png:
+        if args.profile_png and profs:
             _plot(profs.get("profile") or profs["profile_pp"], args.profile_png, label)
     if args.json:
         print(json.dumps(result, indent=1))
