@@ -200,12 +200,24 @@ def step_shape(model) -> dict:
                 workgroups=model.kernel.workgroups)
 
 
+def _check_model_path(model: str) -> None:
+    """A --model that is neither a local path nor shaped like a hub id fails here, before the
+    device (the loader would say the same after it)."""
+    from pathlib import Path
+
+    from .loader import _HUB_ID
+    if not Path(model).expanduser().exists() and (not _HUB_ID.fullmatch(model) or model.startswith((".", "~"))):
+        raise FileNotFoundError(f"{model}: no such file or directory, and not a Hugging Face hub id (org/name)")
+
+
 def validate(args) -> None:
     """Every argument of `llmgpu bench` that can be checked before the device and the model."""
     if args.model and args.shape:
         raise ValueError("give --model or --shape, not both")
     if args.shape:
         get_shape(args.shape)
+    if args.model:
+        _check_model_path(args.model)
     for flag, v, low in (("-p", args.p, 0), ("-n", args.n, 0), ("-d", args.d, 0), ("-r", args.r, 1),
                          ("--ctx", args.ctx, 0), ("--workgroups", args.workgroups, 0),
                          ("--stream-bytes", args.stream_bytes, 16)):
@@ -257,11 +269,12 @@ def run(args) -> int:
                   date=time.strftime("%Y-%m-%d"), repetitions=args.r, startup=st.as_dict(), rows=rows)
     profs = {}
     if args.profile:  # a decode step, and the first prefill chunk of the pp test
-        for key, M in (("profile", 1), ("profile_pp", min(args.p, model.chunk))):
+        pp = min(args.p, model.chunk)
+        for key, M in (("profile", 1 if args.n else 0), ("profile_pp", pp if pp > 1 else 0)):
             if M:
                 profs[key] = profile_step(model, M)
                 result[key] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in profs[key]]
-        if args.profile_png:
+        if args.profile_png and profs:
             _plot(profs.get("profile") or profs["profile_pp"], args.profile_png, label)
     if args.json:
         print(json.dumps(result, indent=1))

@@ -111,6 +111,7 @@ def test_bench_depth_and_decode_schedule(capsys):
     (["bench", "--shape", "tiny", "-p", "64", "--ctx", "32"], "exceed the context 32"),
     (["bench", "--shape", "tiny", "--kernel-config", "WG"], "expected NAME=INTEGER"),
     (["bench", "--shape", "tiny", "--profile-png", "x.png"], "--profile-png needs --profile"),
+    (["bench", "--model", "./no/such/model.gguf"], "no such file or directory"),
 ])
 def test_bench_arguments_fail_before_the_device(monkeypatch, capsys, argv, msg):
     """Bad arguments are refused before the adapter is opened (let alone the bandwidth measured)."""
