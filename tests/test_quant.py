@@ -187,13 +187,13 @@ def test_gptq_compensates_rounding_on_correlated_inputs(rng, asym, K):
     Catches: no error propagation within a group (K = 32) or across groups (K = 128; either way it
     is the weighted search), propagation with the wrong sign or through the wrong triangle of the
     Cholesky factor (then worse)."""
-    from llmgpu.quant import quantize_gptq
+    from llmgpu.quant import gptq_factor, quantize_gptq
     N = 40
     w = rng.standard_normal((N, K)).astype(np.float32)
     mix = np.eye(K) + 0.3 * rng.standard_normal((K, K)) / np.sqrt(K) * 4
     x = (rng.standard_normal((1024, K)) @ mix).astype(np.float32)
     H = x.T.astype(np.float64) @ x
-    t, err = quantize_gptq(w, 32, H, asymmetric=asym)
+    t, err = quantize_gptq(w, 32, gptq_factor(H), np.diag(H), asymmetric=asym)
     assert (t.offsets is not None) == asym and t.scales.shape == (N, K // 32)
     assert abs(err - np.linalg.norm(dequantize(t) - w) / np.linalg.norm(w)) < 1e-6
     weighted, _ = quantize(w, 32, asymmetric=asym, importance=np.diag(H))
