@@ -40,6 +40,9 @@ group's squared reconstruction error (with the scale rounded to f16, as stored),
 * ``asymmetric``: per-group offsets too (``w = s q + o``), starting from the group's min/max
   (q = -8 on the minimum, +7 on the maximum), then a search over shrunken ranges, each refined by
   (weighted) least squares for s and o.
+
+:func:`quantize_gptq` rounds against the output error with the full H = X^T X (GPTQ); calibrate.py
+uses it under AWQ-style channel scaling.
 """
 from __future__ import annotations
 
