@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig, rope_inv_freq
-from .quant import dequantize, quantize, quantize_gptq
+from .quant import dequantize, gptq_factor, quantize, quantize_gptq
 
 _ALPHAS = (0.0, 0.25, 0.5, 0.75)
 _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
@@ -138,13 +138,13 @@ def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], as
     ones = np.ones(x.shape[1], np.float32)
     cands = [(None, ones)] + [(a, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
     H = x.T.astype(np.float64) @ x / len(x)
+    U, diag = gptq_factor(H), np.diag(H).astype(np.float32)
     best = None
     for alpha, s in cands:
         if alpha is None:
             qs = [quantize(w, g, asymmetric=asymmetric) for w, g in zip(ws, group_sizes)]
-        else:  # the inputs become x / s: H scales by 1 / (s_i s_j)
-            hs = H / np.outer(s, s)
-            qs = [quantize_gptq(w * s, g, hs, asymmetric) for w, g in zip(ws, group_sizes)]
+        else:  # the inputs become x / s: H scales by 1 / (s_i s_j), its factor by s_j
+            qs = [quantize_gptq(w * s, g, U * s[None, :], diag / (s * s), asymmetric) for w, g in zip(ws, group_sizes)]
         err = output_error(xs, ws, [dequantize(q) / s for q, _ in qs])
         if best is None or err < best[3]:
             best = (qs, s, alpha, err)
