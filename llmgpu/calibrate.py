@@ -12,12 +12,12 @@ Per layer, with the inputs X each linear sees on the calibration text (the float
 * o_proj (input: the attention output): no fold (under grouped-query attention the v rows that feed
   it are shared by several heads), only the weighted search.
 
-Each (scaled) weight is then rounded by GPTQ (:func:`llmgpu.quant.quantize_gptq`: column by column,
-each rounding error compensated in the columns not yet rounded, through H = X^T X of the scaled
-inputs; group scales searched with importance diag(H)). alpha is chosen per layer and fused group
-from ``_ALPHAS`` by the measured output error on up to ``_LOSS_ROWS`` calibration rows, with the
-plain (uncalibrated) search as one more candidate, so on those rows a layer is never worse than
-without calibration.
+Each (scaled) weight is then quantized with importance E[(x_k / s_k)^2], the diagonal of the output
+error (:func:`llmgpu.quant.quantize`). alpha is chosen per layer and fused group from ``_ALPHAS`` by
+the measured output error on up to ``_LOSS_ROWS`` calibration rows, with the plain (uncalibrated)
+search as one more candidate, so on those rows a layer is never worse than without calibration.
+(GPTQ rounding with the full X^T X was tried too: it halved the output error on the ~1,700
+calibration tokens but raised perplexity on other text, an overfit; BENCHMARKS.md.)
 
 The default calibration text (``llmgpu/calibration/default.txt``) was written for llmgpu (varied
 prose, dialogue, instructions, code and numbers) and is under the project's licence, Apache-2.0.
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig, rope_inv_freq
-from .quant import dequantize, gptq_factor, quantize, quantize_gptq
+from .quant import dequantize, quantize
 
 _ALPHAS = (0.0, 0.25, 0.5, 0.75)
 _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
@@ -137,14 +137,11 @@ def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], as
     mean_abs = np.abs(x).mean(0) + 1e-8
     ones = np.ones(x.shape[1], np.float32)
     cands = [(None, ones)] + [(a, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
-    H = x.T.astype(np.float64) @ x / len(x)
-    U, diag = gptq_factor(H), np.diag(H).astype(np.float32)
+    mean_sq = np.square(x).mean(0)
     best = None
     for alpha, s in cands:
-        if alpha is None:
-            qs = [quantize(w, g, asymmetric=asymmetric) for w, g in zip(ws, group_sizes)]
-        else:  # the inputs become x / s: H scales by 1 / (s_i s_j), its factor by s_j
-            qs = [quantize_gptq(w * s, g, U * s[None, :], diag / (s * s), asymmetric) for w, g in zip(ws, group_sizes)]
+        imp = None if alpha is None else mean_sq / (s * s)  # E[(x / s)^2]: the scaled inputs' weight
+        qs = [quantize(w * s, g, asymmetric=asymmetric, importance=imp) for w, g in zip(ws, group_sizes)]
         err = output_error(xs, ws, [dequantize(q) / s for q, _ in qs])
         if best is None or err < best[3]:
             best = (qs, s, alpha, err)

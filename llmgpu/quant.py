@@ -40,9 +40,6 @@ group's squared reconstruction error (with the scale rounded to f16, as stored),
 * ``asymmetric``: per-group offsets too (``w = s q + o``), starting from the group's min/max
   (q = -8 on the minimum, +7 on the maximum), then a search over shrunken ranges, each refined by
   (weighted) least squares for s and o.
-
-:func:`quantize_gptq` rounds against the output error with the full H = X^T X (GPTQ); calibrate.py
-uses it under AWQ-style channel scaling.
 """
 from __future__ import annotations
 
@@ -337,62 +334,3 @@ def from_gguf_q4_1(raw: np.ndarray, N: int, K: int) -> Q4Tensor:
     o = m.astype(np.float32) + 8.0 * d.astype(np.float32)
     return Q4Tensor(pack_nibbles(nib), d, 32, o)
 
-
-# ---- output-error-aware rounding (GPTQ) ---------------------------------------------------------
-
-def gptq_factor(hessian: np.ndarray, damp: float = 0.01) -> np.ndarray:
-    """The upper Cholesky factor U of (H + damp x mean(diag H) I)^-1 (U^T U = that inverse), which
-    GPTQ spreads rounding errors with. For inputs scaled to x / s, ``U * s`` is the factor of
-    diag(1/s) (H + damp I) diag(1/s): one factorization serves every channel scaling."""
-    H = np.array(hessian, np.float64)
-    dead = np.diag(H) <= 0
-    H[dead, dead] = 1.0  # an input that is always 0: its weights do not matter
-    H[np.diag_indices(len(H))] += damp * np.diag(H).mean()
-    return np.linalg.cholesky(np.linalg.inv(H)).T.astype(np.float32)
-
-
-def quantize_gptq(w: np.ndarray, group_size: int, factor: np.ndarray, importance: np.ndarray,
-                  asymmetric: bool = False) -> tuple[Q4Tensor, float]:
-    """Quantize (N, K) ``w`` to minimise the output error ||X (W - W^)^T||^2, by GPTQ (Frantar et al.
-    2022): columns are rounded left to right and each one's rounding error is spread over the
-    columns not yet rounded through ``factor`` (:func:`gptq_factor` of H = X^T X). A group's scale
-    (and offset) is searched when its first column is reached, on the weights as updated so far,
-    weighted by ``importance`` (diag H). Returns (tensor, relative Frobenius weight error)."""
-    w = np.asarray(w, np.float32)
-    N, K = w.shape
-    check_group_size(K, group_size)
-    W = w.copy()
-    G = K // group_size
-    q = np.zeros((N, K), np.float32)
-    s, o = np.zeros((N, G), np.float16), np.zeros((N, G), np.float32) if asymmetric else None
-    imp = np.asarray(importance, np.float32)
-    for g in range(G):
-        a, b = g * group_size, (g + 1) * group_size
-        s[:, g:g + 1], og, q[:, a:b] = _gptq_group(W, factor, a, b, imp, asymmetric)
-        if o is not None:
-            o[:, g:g + 1] = og
-    t = Q4Tensor(pack_nibbles((q.astype(np.int32) + 8)), s, group_size, o)
-    err = float(np.linalg.norm(dequantize(t).astype(np.float64) - w) / (np.linalg.norm(w) or 1.0))
-    return t, err
-
-
-def _gptq_group(W, U, a: int, b: int, imp, asymmetric: bool):
-    """Round columns a..b-1 (one group) of the working weights W, spreading each error right (W is
-    updated in place); returns (scale (N, 1), offset (N, 1) or None, levels (N, b - a))."""
-    i = (imp[a:b] / (imp[a:b].mean() or 1.0) + 1e-6)[None, None, :]
-    if asymmetric:
-        s, o, _ = _search_asymmetric(W[:, None, a:b], i)
-    else:
-        (s, _), o = _search_symmetric(W[:, None, a:b], i), None
-    s32 = s.astype(np.float32)[:, 0]
-    off = np.float32(0) if o is None else o[:, 0]
-    safe = np.where(s32 == 0, 1, s32)
-    blk = np.ascontiguousarray(W[:, a:b].T)  # (columns, N): one column per contiguous row
-    q = np.zeros((b - a, W.shape[0]), np.float32)
-    err = np.zeros((b - a, W.shape[0]), np.float32)
-    for j in range(b - a):
-        q[j] = np.where(s32 == 0, 0, np.clip(np.rint((blk[j] - off) / safe), -8, 7))
-        err[j] = (blk[j] - (q[j] * s32 + off)) / U[a + j, a + j]
-        blk[j:] -= U[a + j, a + j:b, None] * err[j][None, :]
-    W[:, b:] -= err.T @ U[a:b, b:]  # the whole group's errors, spread over the later columns at once
-    return s, o, q.T
