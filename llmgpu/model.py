@@ -335,8 +335,12 @@ class Model:
         return self._step(M, head)[0]
 
     def _step(self, M: int, head: bool):
-        if M == 1 and head and self.kernel is not None:
-            return self.kernel.ops(self.decode_schedule), None
+        if M == 1 and head and self.kernel is not None:  # the decode kernel's dispatches, raw handles once
+            key = ("kernel", self.decode_schedule)
+            if key not in self._steps:
+                step = self.kernel.ops(self.decode_schedule)
+                self._steps[key] = (step, fastpath.compile_ops(step))
+            return self._steps[key]
         key = (M, head)
         if key not in self._steps:
             layer = self.decode_layer if M == 1 else lambda i: self.prefill_layer(i, M)
@@ -346,7 +350,7 @@ class Model:
             if head:
                 step += self.head(M - 1)
             if len(self._steps) > 8:  # prefill remainders: keep the cache small
-                self._steps.pop(next(k for k in self._steps if k[0] != 1))
+                self._steps.pop(next(k for k in self._steps if k[0] not in (1, "kernel")))
             self._steps[key] = (step, fastpath.compile_ops(step))
         return self._steps[key]
 
