@@ -38,12 +38,13 @@ DEFAULT_MAX_TOKENS = 256
 
 
 def load(model: str | None = None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
-         adapter: str | None = None, progress: bool = True) -> LLM:
+         adapter: str | None = None, progress: bool = True, decode: str = "auto", sampling: str = "auto") -> LLM:
     """Load a model (a Hugging Face directory or hub id, a .gguf file, a q4gsw directory; ``None``: the
     default SmolLM2-135M-Instruct) onto the GPU with a KV cache of ``max_seq`` tokens.
 
     ``max_seq`` above the model's own context (``max_position_embeddings``) is lowered to it, with a
-    warning; ``llm.model.max_seq`` is the context in use."""
+    warning; ``llm.model.max_seq`` is the context in use. ``decode`` (auto | ops | phased | persistent)
+    and ``sampling`` (auto | gpu | cpu) are the CLI's ``--decode`` and ``--sampling``."""
     from .model import Model
     from .quant import GROUP_SIZES
 
@@ -53,7 +54,12 @@ def load(model: str | None = None, *, group_size: int = DEFAULT_GROUP_SIZE, max_
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size!r}")
     checks.optional_str("adapter", adapter)
     checks.flag("progress", progress)
-    m = Model.load(model, group_size=int(group_size), max_seq=max_seq, adapter=adapter, progress=progress)
+    from .defaults import DECODE_SCHEDULES, SAMPLING_PLACES
+    for name, v, ok in (("decode", decode, DECODE_SCHEDULES), ("sampling", sampling, SAMPLING_PLACES)):
+        if v not in ok:
+            raise ValueError(f"{name} must be one of {', '.join(ok)}, got {v!r}")
+    m = Model.load(model, group_size=int(group_size), max_seq=max_seq, adapter=adapter, progress=progress,
+                   decode=decode, sampling=sampling)
     if m.max_seq < max_seq:
         warnings.warn(f"max_seq {max_seq} is more than this model's context of {m.max_seq} tokens; using "
                       f"{m.max_seq}", stacklevel=2)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from .config import ModelConfig
-from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE
+from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, SAMPLING_PLACES
 from .gpu import Device
 from .loader import Checkpoint
 from .quant import random_q4
@@ -138,7 +138,9 @@ def _bench_model(args, dev):
         ckpt = load_cached_or_quantize(args.model or default_model_path(), args.group_size, progress=not args.json)
         label = str(args.model or "default (SmolLM2-135M-Instruct)")
     load_s = time.perf_counter() - t
-    model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + args.d + 16), decode=args.decode)
+    model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + args.d + 16), decode=args.decode,
+                  sampling=getattr(args, "sampling", "auto"))
+    model.loop_queue = {k: v for k in ("per_submit", "ahead") if (v := getattr(args, k, 0))}
     if model.kernel is not None:
         model.kernel.workgroups = getattr(args, "workgroups", 0) or None
         for kv in filter(None, (getattr(args, "kernel_config", "") or "").split(",")):
@@ -159,10 +161,21 @@ def _pp(model, p: int, rng) -> float:
 
 
 def _tg(model, n: int, rng, depth: int = 0) -> float:
-    """Tokens/s of n decode steps after a prompt of depth + 1 tokens (each reads its logits back)."""
+    """Tokens/s of n decode steps after a prompt of depth + 1 tokens, as generation runs them:
+    greedy with the sampler on the GPU (from the first token to the last: n steps), or with the
+    logits of each step read back (random next tokens: no sampling time)."""
     V = model.config.vocab_size
     model.reset()
-    model.prefill(rng.integers(0, V, depth + 1).tolist())
+    prompt = rng.integers(0, V, depth + 1).tolist()
+    if model.gpu_sampling:
+        from .loop import TokenLoop
+        from .sample import make_sampler
+        model.prefill(prompt, read=False)
+        t0 = None
+        for _ in TokenLoop(model, make_sampler(temperature=0), **model.loop_queue).tokens(prompt, n + 1):
+            t0 = t0 or time.perf_counter()
+        return n / (time.perf_counter() - t0)
+    model.prefill(prompt)
     t0 = time.perf_counter()
     for _ in range(n):
         model.decode(int(rng.integers(V)))
@@ -192,10 +205,13 @@ def step_shape(model) -> dict:
     """How a decode step reaches the GPU: dispatches, phases (kernel phases, or dispatches on the
     per-op path) and grid barriers per token, and the schedule."""
     n = len(model.step_ops(1, True))
+    q = model.loop_queue
+    sampling = (f"gpu {q.get('per_submit', 1 if model.dev.is_cpu else 4)}x{q.get('ahead', 1 if model.dev.is_cpu else 2)}"
+                if model.gpu_sampling else "cpu")
     if model.kernel is None or model.decode_schedule == "ops":
-        return dict(schedule="ops", dispatches=n, phases=n, barriers=0)
+        return dict(schedule="ops", sampling=sampling, dispatches=n, phases=n, barriers=0)
     p = model.kernel.n_phases
-    return dict(schedule=model.decode_schedule, dispatches=n, phases=p,
+    return dict(schedule=model.decode_schedule, sampling=sampling, dispatches=n, phases=p,
                 barriers=p - 1 if model.decode_schedule == "persistent" else 0,
                 workgroups=model.kernel.workgroups)
 
@@ -220,7 +236,8 @@ def validate(args) -> None:
         _check_model_path(args.model)
     for flag, v, low in (("-p", args.p, 0), ("-n", args.n, 0), ("-d", args.d, 0), ("-r", args.r, 1),
                          ("--ctx", args.ctx, 0), ("--workgroups", args.workgroups, 0),
-                         ("--stream-bytes", args.stream_bytes, 16)):
+                         ("--stream-bytes", args.stream_bytes, 16), ("--per-submit", args.per_submit, 0),
+                         ("--ahead", args.ahead, 0)):
         if v < low:
             raise ValueError(f"{flag} must be >= {low}, got {v}")
     if args.p == 0 and args.n == 0:
@@ -290,7 +307,7 @@ def run(args) -> int:
 def _print_csv(rows, label, adapter) -> None:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
-                                         "roofline_pct", "encode_ms", "schedule", "dispatches", "phases",
+                                         "roofline_pct", "encode_ms", "schedule", "sampling", "dispatches", "phases",
                                          "barriers", "workgroups"])
     w.writeheader()
     for r in rows:
@@ -301,13 +318,13 @@ def _print_csv(rows, label, adapter) -> None:
 def _print_table(rows, label, adapter, bw, group_size) -> None:
     print(f"adapter: {adapter}   streaming read: {bw / 1e9:.1f} GB/s   q4gsw group {group_size}")
     print(f"| {'model':<28} | {'test':>12} | {'t/s':>18} | {'MB/token':>8} | {'GB/s':>7} | {'% roof':>6} "
-          f"| {'enc ms/tok':>10} | {'schedule':>10} | {'disp/tok':>8} | {'phases':>6} | {'barriers':>8} |")
-    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|{'-' * 10}"
+          f"| {'enc ms/tok':>10} | {'schedule':>10} | {'sampling':>8} | {'disp/tok':>8} | {'phases':>6} | {'barriers':>8} |")
+    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 20}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 10}"
           f"|{'-' * 8}|{'-' * 10}|")
     for r in rows:
         extra = (f"{r['bytes_per_token'] / 1e6:>8.1f} | {r['gbs']:>7.1f} | {r['roofline_pct']:>5.1f}% | "
-                 f"{r['encode_ms']:>10.2f} | {r['schedule']:>10} | {r['dispatches']:>8} | {r['phases']:>6} | "
-                 f"{r['barriers']:>8}" if "gbs" in r else " | ".join(f"{'':>{w}}" for w in (8, 7, 6, 10, 10, 8, 6, 8)))
+                 f"{r['encode_ms']:>10.2f} | {r['schedule']:>10} | {r['sampling']:>8} | {r['dispatches']:>8} | {r['phases']:>6} | "
+                 f"{r['barriers']:>8}" if "gbs" in r else " | ".join(f"{'':>{w}}" for w in (8, 7, 6, 10, 10, 8, 8, 6, 8)))
         print(f"| {label[:28]:<28} | {r['test']:>12} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
 
 
@@ -349,6 +366,10 @@ def add_arguments(p) -> None:
     p.add_argument("--ctx", type=int, default=0, help="context (KV cache) size; default p + n + d + 16")
     p.add_argument("-d", type=int, default=0, help="depth: tg runs after a prompt of this many tokens (llama-bench's -d)")
     p.add_argument("--decode", default="auto", choices=DECODE_SCHEDULES, help="decode schedule (see `generate --help`)")
+    p.add_argument("--sampling", default="auto", choices=SAMPLING_PLACES,
+                   help="tg samples greedily on the GPU, tokens queued ahead (gpu), or reads logits back (cpu)")
+    p.add_argument("--per-submit", type=int, default=0, help="gpu sampling: decode steps per command buffer")
+    p.add_argument("--ahead", type=int, default=0, help="gpu sampling: command buffers queued at once")
     p.add_argument("--workgroups", type=int, default=0, help="workgroups of the decode kernel (default: by adapter)")
     p.add_argument("--kernel-config", default="", metavar="K=V,...",
                    help="decode kernel shape for sweeps, e.g. WG=128,TPR=16")

@@ -93,6 +93,9 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
     history = list(prompt)
     t0 = time.perf_counter()
     model.truncate(cached)
+    if on_token is None and getattr(model, "gpu_sampling", False):
+        yield from _generate_on_gpu(model, prompt[cached:], history, sampler, max_tokens, st, t0)
+        return
     logits = model.prefill(prompt[cached:])
     token = sampler(logits, history)
     st.prefill_s = time.perf_counter() - t0
@@ -115,6 +118,26 @@ def generate_step(model, prompt_ids: Sequence[int], sampler: Sampler, max_tokens
         st.decode_calls += 1
         if on_token is not None:
             on_token(token, logits)
+
+
+def _generate_on_gpu(model, new_ids, history, sampler, max_tokens, st, t0) -> Iterator[int]:
+    """generate_step's loop with the sampler on the GPU (llmgpu/loop.py): the same stops, the same
+    cache contents after it; the tokens agree with the CPU sampler's when greedy (a seeded random
+    sampler draws from the same distribution, through another random generator)."""
+    from .loop import TokenLoop
+    model.prefill(new_ids, read=False)
+    limit = min(max_tokens, model.max_seq - model.pos + 1)  # the last token needs no cache slot
+    for token in TokenLoop(model, sampler, **model.loop_queue).tokens(history, limit):
+        now = time.perf_counter()
+        if st.new_tokens == 0:
+            st.prefill_s = now - t0
+        else:
+            st.decode_s += now - t0
+            st.decode_calls += 1
+        st.new_tokens += 1
+        yield token
+        t0 = time.perf_counter()
+    st.finish_reason = "length" if st.new_tokens >= max_tokens else "context"
 
 
 def stop_index(text: str, stops: Sequence[str]) -> int:

@@ -24,7 +24,7 @@ import wgpu
 
 from . import fastpath, ops
 from .config import ModelConfig, rope_inv_freq
-from .defaults import DECODE_SCHEDULES, DEFAULT_CHUNK, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ
+from .defaults import DECODE_SCHEDULES, DEFAULT_CHUNK, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ, SAMPLING_PLACES
 from .gpu import UNIFORM, Device
 from .loader import Checkpoint
 from .ops import Heads, Op, Q4Linear, Q8Act
@@ -205,13 +205,19 @@ class Model:
     """A decoder-only transformer (llama / mistral / qwen2 / qwen3) resident on one GPU device."""
 
     def __init__(self, ckpt: Checkpoint, *, dev: Device | None = None, max_seq: int = DEFAULT_MAX_SEQ,
-                 chunk: int = DEFAULT_CHUNK, q8: bool = True, head_q8: bool = False, decode: str = "auto"):
+                 chunk: int = DEFAULT_CHUNK, q8: bool = True, head_q8: bool = False, decode: str = "auto",
+                 sampling: str = "auto"):
         """q8: decode's layer GEMVs take int8 activations (fast; ~1 % logit noise).
         head_q8: so does lm_head. Off by default: greedy picks between near-tied logits (on
         SmolLM2, 25.25 vs 25.33 for the first answer token) and int8 noise flips them.
         decode: how a decode step runs (DECODE_SCHEDULES): "ops" (one dispatch per op, this file),
         "phased" / "persistent" (the decode kernel, llmgpu/decode.py: one dispatch per phase, or one
-        per token with grid barriers), "auto" (ops, until the decode kernel is the faster one)."""
+        per token with grid barriers), "auto" (ops, until the decode kernel is the faster one).
+        sampling: where generation (llmgpu/generate.py) samples: "gpu" (llmgpu/loop.py: the token
+        stays on the GPU, steps are queued ahead), "cpu" (logits read back each step), "auto" (gpu
+        except on CPU adapters, where a step costs ~100 ms and a speculative step is not free)."""
+        if sampling not in SAMPLING_PLACES:
+            raise ValueError(f"sampling {sampling!r} is not one of {', '.join(SAMPLING_PLACES)}")
         self.ckpt = ckpt
         self.config = cfg = ckpt.config
         check_dims(cfg)
@@ -239,6 +245,9 @@ class Model:
         self._next_decode = None  # a decode step's command buffer, recorded ahead
         self.kernel = None  # the decode kernel (llmgpu/decode.py), when the schedule uses it
         self.decode_schedule = self._choose_schedule(decode)
+        self.gpu_sampling = sampling == "gpu" or (sampling == "auto" and not dev.is_cpu)
+        self._pos_records = None  # loop.position_records
+        self.loop_queue: dict = {}  # TokenLoop's per_submit / ahead (empty: its defaults for the adapter)
 
     @classmethod
     def load(cls, source=None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
@@ -419,14 +428,18 @@ class Model:
         finally:
             self.staging.unmap()
         if self.decode_schedule == "persistent" and not self.kernel.barriers_held(sync):
-            print(f"llmgpu: the persistent decode kernel's grid barrier timed out on {self.dev.name}; "
-                  f"decoding on the phased schedule from now on", file=sys.stderr)
-            self.decode_schedule, self._next_decode = "phased", None
+            self.fall_back_to_phased()
             token = self.kv.ids[-1]
             self.kv.truncate(self.kv.pos - 1)
             self._run([token], head=True)
             return self._read_staged()
         return logits
+
+    def fall_back_to_phased(self) -> None:
+        """A persistent step's grid barrier gave up: every later step runs phased (said once)."""
+        print(f"llmgpu: the persistent decode kernel's grid barrier timed out on {self.dev.name}; "
+              f"decoding on the phased schedule from now on", file=sys.stderr)
+        self.decode_schedule, self._next_decode = "phased", None
 
     def _checked(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
@@ -439,15 +452,16 @@ class Model:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {V})")
         return ids
 
-    def prefill(self, ids) -> np.ndarray:
-        """Append ids to the cache (in chunks); return the last token's logits (vocab,) f32.
-        Waits for the GPU between chunks, so that Ctrl-C takes effect within one chunk."""
+    def prefill(self, ids, read: bool = True) -> np.ndarray | None:
+        """Append ids to the cache (in chunks); return the last token's logits (vocab,) f32 (read:
+        else they stay in the logits buffer, for the GPU sampler). Waits for the GPU between
+        chunks, so that Ctrl-C takes effect within one chunk."""
         ids = self._checked(ids)
         for s in range(0, len(ids), self.chunk):
             if s:
                 self.dev.sync()
             self._run(ids[s:s + self.chunk], head=s + self.chunk >= len(ids))
-        return self._read_staged()
+        return self._read_staged() if read else None
 
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token; return its logits (vocab,) f32."""
