@@ -97,10 +97,18 @@ def profile_step(model, M: int = 1) -> list[tuple[str, float, int]]:
     import wgpu
     model.reset()
     model.prefill([0] * M)  # compiles the step's pipelines and sets the uniforms a step reads
+    if M == 1 and model.decode_schedule == "persistent":
+        rows = model.kernel.phase_profile()
+        model.reset()
+        return rows
     ops = model.step_ops(M, True)
     if M > 1:  # the step reads `pos0` from the uniform: back to an empty cache
         model.dev.write(model.step, np.zeros(4, np.uint32))
     n = len(ops)
+    names = [op.name for op in ops]
+    if M == 1 and model.decode_schedule == "phased":  # the decode kernel's dispatches, by phase kind
+        kinds = ["qkv", "attention", "o", "gate/up", "down"]
+        names = [f"phase {kinds[i % 5]}" for i in range(n - 1)] + ["phase head"]
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
     res = dev.buffer(size=16 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
                      binding=False, label="timestamps")
@@ -115,12 +123,12 @@ def profile_step(model, M: int = 1) -> list[tuple[str, float, int]]:
         enc.resolve_query_set(qs, 0, 2 * n, res, 0)
         dev.queue.submit([enc.finish()])
         t = dev.read(res, np.uint64, (n, 2)).astype(np.float64)
-        for op, (a, b) in zip(ops, t):
-            totals.setdefault(op.name, []).append(max(b - a, 0) * 1e-9)
+        for name, (a, b) in zip(names, t):
+            totals.setdefault(name, []).append(max(b - a, 0) * 1e-9)
     model.reset()
     count = {}
-    for op in ops:
-        count[op.name] = count.get(op.name, 0) + 1
+    for name in names:
+        count[name] = count.get(name, 0) + 1
     rows = [(k, sum(v) / 3, count[k]) for k, v in totals.items()]
     return sorted(rows, key=lambda r: -r[1])
 

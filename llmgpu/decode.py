@@ -198,7 +198,7 @@ class DecodeKernel:
                     CSTRIDE=m.kv.stride // (4 * np.dtype(dev.act_dtype).itemsize), XS4=widest // 16, XD=widest // 32,
                     PERSISTENT=persistent, COHERENT=dev.has_coherent, SUBGROUPS=dev.has_subgroups,
                     HAS_OFFSETS=self.has_offsets, QKV_BIAS=self.qkv_bias, O_BIAS=self.o_bias, QK_NORM=cfg.qk_norm,
-                    HEAD_W8=self.head_w8, HEAD_OFFSETS=self.head_offsets, SPIN=self.spin),
+                    HEAD_W8=self.head_w8, HEAD_OFFSETS=self.head_offsets, SPIN=self.spin, UNROLL=4),
                 **{k: v for k, v in self.config.items() if k not in ("WG", "TPR")}}
 
     def _op(self, persistent: bool, first: int, last: int, workgroups: int) -> Op:
@@ -235,6 +235,45 @@ class DecodeKernel:
         n = int(self.dev.read(self.sync, np.uint32, (4,))[3])
         self.dev.write(self.sync, np.zeros(4, np.uint32))  # the next step's barriers count from 0
         return max(1, n)
+
+    def phase_profile(self, reps: int = 5) -> list[tuple[str, float, int]]:
+        """GPU time of each kind of phase inside the persistent dispatch: the dispatch over phases
+        [0, p) timed for p = 1 .. 10 and the whole step (timestamps, median of reps); a phase's time
+        is the difference, so it includes its grid barrier and excludes the launch. -> (kind,
+        seconds per token over all layers, phases per token), as bench's profile rows."""
+        import wgpu
+        dev = self.dev
+        if self.workgroups is None:
+            self.workgroups = self.resident_workgroups()
+        ends = sorted({*range(1, min(self.n_phases, 2 * PHASES_PER_LAYER) + 1), self.n_phases - 1, self.n_phases})
+        qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
+        res = dev.buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
+                         binding=False, label="timestamps")
+        t = {}
+        for p in ends:
+            op, runs = self._op(True, 0, p, self.workgroups), []
+            for _ in range(reps):
+                enc = dev.device.create_command_encoder()
+                enc.clear_buffer(self.sync, 0, 16)
+                cpass = enc.begin_compute_pass(timestamp_writes={
+                    "query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1})
+                op.record(cpass)
+                cpass.end()
+                enc.resolve_query_set(qs, 0, 2, res, 0)
+                dev.queue.submit([enc.finish()])
+                a, b = dev.read(res, np.uint64, (2,)).astype(np.float64)
+                runs.append(max(b - a, 0) * 1e-9)
+            t[p] = float(np.median(runs))
+        kinds = ["qkv", "attention", "o", "gate/up", "down"]
+        L = self.model.config.num_hidden_layers
+        per = {k: [] for k in kinds}
+        for p in ends:
+            if p - 1 in t and p < self.n_phases and p <= 2 * PHASES_PER_LAYER:
+                per[kinds[(p - 1) % PHASES_PER_LAYER]].append(t[p] - t[p - 1])
+        rows = [(f"phase {k}", L * float(np.mean(v)), L) for k, v in per.items() if v]
+        rows.append(("phase head", t[self.n_phases] - t[self.n_phases - 1], 1))
+        rows.append(("phase 0 + launch", t[1], 1))
+        return sorted(rows, key=lambda r: -r[1])
 
     def barriers_held(self, sync: np.ndarray) -> bool:
         """After a persistent step: no spin ran out, and every workgroup passed every barrier (the

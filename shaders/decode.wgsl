@@ -23,7 +23,7 @@
 // workgroup memory) until the next dispatch.
 //
 // Types: act_t = scale type (f16 | f32), cache_t, emb_t. Overrides: the model's shape (D, FF, NH,
-// NKV, HD, V, NL, MAXSEQ, GS, EPS), the kernel's (WG, TPR, BLOCK, SPIN). Flags: PERSISTENT,
+// NKV, HD, V, NL, MAXSEQ, GS, EPS), the kernel's (WG, TPR, BLOCK, SPIN, UNROLL). Flags: PERSISTENT,
 // COHERENT, SUBGROUPS, SG_ROWS (TPR ≤ the subgroup size: row sums by subgroup shuffles, no
 // barrier), HAS_OFFSETS (q4 weights carry per-group offsets), QKV_BIAS, O_BIAS,
 // QK_NORM, HEAD_W8 (lm_head int8 per 32, else q4gsw), HEAD_OFFSETS.
@@ -67,6 +67,8 @@ override GS: u32 = 32u;
 override EPS: f32 = 1e-5;
 override BLOCK: u32 = 128u;       // attention positions per unit (≤ WG)
 override SPIN: u32 = 2000000u;    // iterations a grid barrier waits before it gives up
+override UNROLL: u32 = 4u;        // weight loads a GEMV lane issues at once (4 or 8)
+override NORM_REG: bool = true;   // norms read their block once where D ≤ 32·WG (false: tests the other path)
 override QD: u32 = NH * HD;
 override QKVD: u32 = (NH + 2u * NKV) * HD;
 override HD4: u32 = HD / 4u;
@@ -222,10 +224,14 @@ fn resid4(i: u32, first: bool) -> vec4<f32> {
     return vec4<f32>(h[4u * i], h[4u * i + 1u], h[4u * i + 2u], h[4u * i + 3u]);
 }
 
+// The norm weights 4i .. 4i+3 at nrm[woff ..].
+fn nrm4(woff: u32, i: u32) -> vec4<f32> {
+    return vec4<f32>(nrm[woff + 4u * i], nrm[woff + 4u * i + 1u], nrm[woff + 4u * i + 2u], nrm[woff + 4u * i + 3u]);
+}
+
 // Element 4i..4i+3 of the residual normed with 1/rms r and the weights at nrm[woff ..].
 fn normed4(i: u32, r: f32, woff: u32, first: bool) -> vec4<f32> {
-    let w = vec4<f32>(nrm[woff + 4u * i], nrm[woff + 4u * i + 1u], nrm[woff + 4u * i + 2u], nrm[woff + 4u * i + 3u]);
-    return resid4(i, first) * r * w;
+    return resid4(i, first) * r * nrm4(woff, i);
 }
 
 // 1 / rms of the residual (every invocation gets it).
@@ -242,8 +248,30 @@ fn put_q8(b: u32, q: Q8Block) {
     xds_put(b, q.d);
 }
 
-// RMSNorm of the residual (weights nrm[woff ..]) → int8 blocks in xs / xds.
+// RMSNorm of the residual (weights nrm[woff ..]) → int8 blocks in xs / xds. Where D ≤ 32·WG,
+// each invocation reads its block of 32 once (residual and weights before the reduction), else
+// the residual twice.
 fn norm_q8(woff: u32, first: bool, lid: u32, sgs: u32) {
+    if (NORM_REG && D <= 32u * WG) {
+        let on = lid < D / 32u;
+        let i = 8u * min(lid, D / 32u - 1u);
+        var x0 = vec4<f32>(0.0); var x1 = x0; var x2 = x0; var x3 = x0; var x4 = x0; var x5 = x0; var x6 = x0; var x7 = x0;
+        var w0 = x0; var w1 = x0; var w2 = x0; var w3 = x0; var w4 = x0; var w5 = x0; var w6 = x0; var w7 = x0;
+        if (on) {
+            x0 = resid4(i, first); x1 = resid4(i + 1u, first); x2 = resid4(i + 2u, first); x3 = resid4(i + 3u, first);
+            x4 = resid4(i + 4u, first); x5 = resid4(i + 5u, first); x6 = resid4(i + 6u, first); x7 = resid4(i + 7u, first);
+            w0 = nrm4(woff, i); w1 = nrm4(woff, i + 1u); w2 = nrm4(woff, i + 2u); w3 = nrm4(woff, i + 3u);
+            w4 = nrm4(woff, i + 4u); w5 = nrm4(woff, i + 5u); w6 = nrm4(woff, i + 6u); w7 = nrm4(woff, i + 7u);
+        }
+        let ss = (dot(x0, x0) + dot(x1, x1) + dot(x2, x2) + dot(x3, x3)) + (dot(x4, x4) + dot(x5, x5) + dot(x6, x6) + dot(x7, x7));
+        let r = inverseSqrt(wg_sum(ss, lid, sgs) / f32(D) + EPS);
+        if (on) {
+            put_q8(lid, q8_block(x0 * r * w0, x1 * r * w1, x2 * r * w2, x3 * r * w3,
+                                 x4 * r * w4, x5 * r * w5, x6 * r * w6, x7 * r * w7));
+        }
+        workgroupBarrier();
+        return;
+    }
     let r = resid_inv_rms(first, lid, sgs);
     for (var b = lid; b < D / 32u; b += WG) {
         let i = 8u * b;
@@ -498,10 +526,12 @@ fn phase_up(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
     if (w >= units) { return; }
     norm_q8(NL * D + l * D, false, lid, sgs);
     for (var u = w; u < units; u += nw) {
-        for (var p = 0u; p < 64u; p += RPW) {
+        for (var p = 0u; p < 64u; p += RPW) {   // (RPW > 64: the lanes of rows 64 .. RPW idle)
             let r = p + lid / TPR;
-            let s = row_sum(dot_gu(l * 2u * FF + 64u * u + r, D, lid % TPR), lid, sgs);
-            if (lid % TPR == 0u) { ys[r] = s; }
+            var acc = 0.0;
+            if (r < 64u) { acc = dot_gu(l * 2u * FF + 64u * u + r, D, lid % TPR); }
+            let s = row_sum(acc, lid, sgs);
+            if (lid % TPR == 0u && r < 64u) { ys[r] = s; }
         }
         workgroupBarrier();
         if (lid < 8u) {

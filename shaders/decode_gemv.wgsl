@@ -13,8 +13,8 @@ fn term_$K(q: vec4<u32>, c: u32, gbase: u32) -> f32 {
     return t;
 }
 
-// This lane's part of row r (K columns): chunks lane, lane + TPR, ..., four loads issued
-// before their arithmetic so that they are in flight together.
+// This lane's part of row r (K columns): chunks lane, lane + TPR, ..., UNROLL (8 or 4) loads
+// issued before their arithmetic so that they are in flight together.
 fn dot_$K(r: u32, K: u32, lane: u32) -> f32 {
     let nch = K / 32u;
     let base = r * nch;
@@ -24,6 +24,22 @@ fn dot_$K(r: u32, K: u32, lane: u32) -> f32 {
     var a2 = 0.0;
     var a3 = 0.0;
     var c = lane;
+    if (UNROLL >= 8u) {
+        for (; c + 7u * TPR < nch; c += 8u * TPR) {
+            let q0 = w_$K[base + c];
+            let q1 = w_$K[base + c + TPR];
+            let q2 = w_$K[base + c + 2u * TPR];
+            let q3 = w_$K[base + c + 3u * TPR];
+            let q4 = w_$K[base + c + 4u * TPR];
+            let q5 = w_$K[base + c + 5u * TPR];
+            let q6 = w_$K[base + c + 6u * TPR];
+            let q7 = w_$K[base + c + 7u * TPR];
+            a0 += term_$K(q0, c, gbase) + term_$K(q4, c + 4u * TPR, gbase);
+            a1 += term_$K(q1, c + TPR, gbase) + term_$K(q5, c + 5u * TPR, gbase);
+            a2 += term_$K(q2, c + 2u * TPR, gbase) + term_$K(q6, c + 6u * TPR, gbase);
+            a3 += term_$K(q3, c + 3u * TPR, gbase) + term_$K(q7, c + 7u * TPR, gbase);
+        }
+    }
     for (; c + 3u * TPR < nch; c += 4u * TPR) {
         let q0 = w_$K[base + c];
         let q1 = w_$K[base + c + TPR];

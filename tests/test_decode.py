@@ -71,6 +71,21 @@ def test_offsets_and_a_q4_lm_head_on_both_device_paths(rng, fast):
     assert m_ok(got) and rel(got, ops) < INT8_PATHS, f"{rel(got, ops):.2e}"
 
 
+@pytest.mark.parametrize("config", [dict(UNROLL=8, TPR=1), dict(UNROLL=8, TPR=2, NORM_REG=False), dict(TPR=4, WG=128)],
+                         ids=["unroll8-tpr1", "unroll8-tpr2-norm2pass", "tpr4-wg128"])
+def test_kernel_shapes_for_sweeps_give_the_same_logits(rng, config):
+    """The shapes `bench --kernel-config` sweeps on a GPU: 8 loads in flight (the tiny shape's
+    K = 256 / 512 has 8 / 16 chunks a row, so TPR 1-2 runs the 8-load loop and its tail), the
+    two-pass norm, smaller workgroups."""
+    ckpt = offsets_checkpoint(rng)
+    ids = [int(i) for i in rng.integers(0, 2048, 7)]
+    m = Model(ckpt, dev=get_device(), max_seq=32, decode="phased")
+    m.kernel.config = dict(config)
+    got = decode_run(m, ids, 3)
+    ops = decode_run(Model(ckpt, dev=get_device(), max_seq=32, decode="ops"), ids, 3)
+    assert m_ok(got) and rel(got, ops) < INT8_PATHS, f"{rel(got, ops):.2e}"
+
+
 def m_ok(x):
     return np.isfinite(x).all() and np.abs(x).max() > 0
 
