@@ -17,28 +17,42 @@ from llmgpu.bench import _mean_sd, _tg, profile_step, random_checkpoint  # noqa:
 from llmgpu.gpu import Device  # noqa: E402
 from llmgpu.model import Model  # noqa: E402
 
-# name: (schedule, sampling, queue, kernel config, workgroups)
-VARIANTS = {
-    "ops-cpu": ("ops", "cpu", {}, {}, None),
-    "ops-gpu4x2": ("ops", "gpu", {}, {}, None),
-    "ops-gpu8x3": ("ops", "gpu", dict(per_submit=8, ahead=3), {}, None),
-    "pers": ("persistent", "gpu", {}, {}, None),
-    "pers-cpu": ("persistent", "cpu", {}, {}, None),
-    "pers-u8": ("persistent", "gpu", {}, dict(UNROLL=8), None),
-    "pers-tpr32": ("persistent", "gpu", {}, dict(TPR=32), None),
-    "pers-tpr8": ("persistent", "gpu", {}, dict(TPR=8), None),
-    "pers-tpr32-u8": ("persistent", "gpu", {}, dict(TPR=32, UNROLL=8), None),
-    "pers-2pass": ("persistent", "gpu", {}, dict(NORM_REG=False), None),
-    "pers-132": ("persistent", "gpu", {}, {}, 132),
-    "pers-264": ("persistent", "gpu", {}, {}, 264),
-    "phased": ("phased", "gpu", {}, {}, None),
-}
+SCHEDULES = {"ops": "ops", "pers": "persistent", "phased": "phased"}
+
+
+def parse(name: str):
+    """A variant name: SCHEDULE[-TOKEN...], SCHEDULE ops | pers | phased; tokens: cpu (sampling on
+    the CPU; default gpu), qKxA (K steps a submission, A queued), wN (N workgroups), divN (the
+    discovered workgroups / N), NAME=INT (a kernel override, e.g. TPR=8, UNROLL=8).
+    -> (schedule, sampling, queue, config, workgroups or ("div", N))"""
+    head, *toks = name.split("-")
+    sampling, queue, config, wg = "gpu", {}, {}, None
+    for t in toks:
+        if t == "cpu":
+            sampling = "cpu"
+        elif t.startswith("q") and "x" in t:
+            k, a = t[1:].split("x")
+            queue = dict(per_submit=int(k), ahead=int(a))
+        elif t.startswith("div"):
+            wg = ("div", int(t[3:]))
+        elif t.startswith("w") and t[1:].isdigit():
+            wg = int(t[1:])
+        elif "=" in t:
+            k, v = t.split("=")
+            config[k] = int(v)
+        else:
+            raise ValueError(f"variant {name}: unknown token {t!r}")
+    return SCHEDULES[head], sampling, queue, config, wg
 
 
 def configure(m, schedule, sampling, queue, config, workgroups):
     m.gpu_sampling, m.loop_queue = sampling == "gpu", dict(queue)
     if m.kernel is not None:
-        m.kernel.config, m.kernel.workgroups = dict(config), workgroups
+        m.kernel.config, m.kernel.workgroups = dict(config), None
+        m.kernel._ops.clear()
+        if isinstance(workgroups, tuple):
+            workgroups = max(1, m.kernel.resident_workgroups() // workgroups[1])
+        m.kernel.workgroups = workgroups
         m.kernel._ops.clear()
         m._steps = {k: v for k, v in m._steps.items() if k[0] != "kernel"}
         m.decode_schedule, m._next_decode = schedule, None
@@ -50,7 +64,7 @@ def main():
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("-d", type=int, default=0)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="ops-cpu,ops,ops-q8x3,pers,pers-w132,phased")
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     dev = Device()
@@ -61,7 +75,7 @@ def main():
     models = {}
     rng = np.random.default_rng(0)
     for name in a.variants.split(","):
-        schedule, sampling, queue, config, wg = VARIANTS[name]
+        schedule, sampling, queue, config, wg = parse(name)
         kind = "ops" if schedule == "ops" else "kernel"
         try:
             if kind not in models:
@@ -76,8 +90,8 @@ def main():
         except Exception as e:  # noqa: BLE001 - one variant's failure must not end the sweep
             print(f"{a.shape} {name}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
     if a.profile:
-        for name in ("ops-cpu", "pers", "phased"):
-            schedule, sampling, queue, config, wg = VARIANTS[name]
+        for name in ("ops-cpu", "pers-w132", "phased"):
+            schedule, sampling, queue, config, wg = parse(name)
             m = models.get("ops" if schedule == "ops" else "kernel")
             if m is None:
                 continue
