@@ -214,8 +214,9 @@ def step_shape(model) -> dict:
     per-op path) and grid barriers per token, and the schedule."""
     n = len(model.step_ops(1, True))
     q = model.loop_queue
-    sampling = (f"gpu {q.get('per_submit', 1 if model.dev.is_cpu else 4)}x{q.get('ahead', 1 if model.dev.is_cpu else 2)}"
-                if model.gpu_sampling else "cpu")
+    from .loop import default_queue
+    k, a = default_queue(model.dev)
+    sampling = f"gpu {q.get('per_submit', k)}x{q.get('ahead', a)}" if model.gpu_sampling else "cpu"
     if model.kernel is None or model.decode_schedule == "ops":
         return dict(schedule="ops", sampling=sampling, dispatches=n, phases=n, barriers=0)
     p = model.kernel.n_phases

@@ -100,8 +100,8 @@ class DecodeKernel:
         self._allocate_scratch()
         self.step = self.dev.buffer(np.zeros(4, np.uint32), usage=UNIFORM, label="decode.step", binding=False)
         # Workgroups per dispatch (None: by schedule). Phased: a CPU adapter runs them one after
-        # another, each at a fixed cost (~0.5 ms on lavapipe), so 4; a GPU 264. Persistent: as many
-        # as the adapter keeps resident (measured once; more would trip the barrier).
+        # another, each at a fixed cost (~0.5 ms on lavapipe), so 4; a GPU 264. Persistent: half
+        # of what the adapter keeps resident (launch_workgroups; measured once).
         self.workgroups = workgroups
         self.spin = 200_000  # iterations a grid barrier waits before it gives up (0: at once, for tests)
         self.config: dict = {}  # kernel shape overrides for sweeps: WG (workgroup size), TPR (threads a row)
@@ -216,7 +216,7 @@ class DecodeKernel:
         if schedule not in self._ops:
             if schedule == "persistent":
                 if self.workgroups is None:
-                    self.workgroups = self.resident_workgroups()
+                    self.workgroups = self.launch_workgroups()
                 self._grid = self.workgroups
                 self._ops[schedule] = [self._op(True, 0, self.n_phases, self.workgroups)]
             elif schedule == "phased":
@@ -225,6 +225,13 @@ class DecodeKernel:
             else:
                 raise ValueError(f"unknown decode schedule {schedule!r}")
         return self._ops[schedule]
+
+    def launch_workgroups(self) -> int:
+        """Workgroups of a persistent launch: half of what the discovery counts resident. On an
+        H200 (BENCHMARKS.md) a launch of the full count timed out its barrier (1B: 528, 135M: 792)
+        and half held; tg128 by workgroups: 1B 707 / 626 t/s at 132 / 264, 8B 246 / 232 / 183 at
+        132 / 264 / 66, 135M 755 / 725 at 132 / 264 (discovered: 528, 264, 792)."""
+        return max(1, self.resident_workgroups() // 2)
 
     def resident_workgroups(self, launch: int = 4096) -> int:
         """How many workgroups of the persistent pipeline run at once on this adapter (discover()
@@ -244,7 +251,7 @@ class DecodeKernel:
         import wgpu
         dev = self.dev
         if self.workgroups is None:
-            self.workgroups = self.resident_workgroups()
+            self.workgroups = self.launch_workgroups()
         ends = sorted({*range(1, min(self.n_phases, 2 * PHASES_PER_LAYER) + 1), self.n_phases - 1, self.n_phases})
         qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
         res = dev.buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,

@@ -1,11 +1,13 @@
 """The model on the GPU: weights, the KV cache, and prefill / decode as lists of kernel ops.
 
-A decode step (one token) is, per layer (`Model.decode_layer`), seven dispatches:
+A decode step (one token) is, per layer (`Model.decode_layer`), five dispatches:
 
-    rmsnorm → int8 │ QKV GEMV (+bias) │ attention_decode (q/k norm, RoPE, cache write, → int8)
-    │ O GEMV (+= h) │ rmsnorm → int8 │ gate/up GEMV (→ silu·mul → int8) │ down GEMV (+= h)
+    QKV GEMV (+bias) │ attention_decode (q/k norm, RoPE, cache write, → int8)
+    │ O GEMV (+= h; its last workgroup: rmsnorm → int8) │ gate/up GEMV (→ silu·mul → int8)
+    │ down GEMV (+= h; its last workgroup: the next layer's rmsnorm → int8)
 
-then the head: final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens
+(the first layer's norm is a dispatch of its own, and so is each norm where the adapter lacks
+coherent storage), then the head: final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens
 (`Model.prefill_layer`) runs the same layer through the GEMM on f32 activations, with separate
 rope_kv and silu_mul dispatches (a query there needs keys that other workgroups write).
 
@@ -284,21 +286,31 @@ class Model:
 
     # ---- one layer, as the GPU runs it ----------------------------------------------------
     def decode_layer(self, i: int) -> list[Op]:
-        """Layer i for one token (row 0 of h)."""
+        """Layer i for one token (row 0 of h). With int8 activations, the MLP norm runs in the last
+        workgroup of the O projection and the next layer's attention norm in that of the down
+        projection (ops.gemv's norm_after; a norm op where the GEMV cannot)."""
         L, b, dev, cfg = self.layers[i], self.buf, self.dev, self.config
         x, att, act = (b.x8, b.att8, b.act8) if self.q8 else (b.xn, b.att, b.act)
-        d = cfg.hidden_size
+        d, eps = cfg.hidden_size, cfg.rms_norm_eps
         if isinstance(att, Q8Act) and self.heads.head_dim % 32:
             att_ops = [self._attention_decode(i, b.att), ops.quantize_q8(dev, b.att, att, act="f32")]
         else:
             att_ops = [self._attention_decode(i, att)]
-        return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=cfg.rms_norm_eps),
+        if not self.q8:
+            return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=eps),
+                    *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"), *att_ops,
+                    *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),
+                    ops.rmsnorm(dev, b.h, L.mlp_norm, x, rows=1, dim=d, eps=eps),
+                    *self._swiglu_decode(L, x, act),
+                    *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32")]
+        nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+        down_norm = dict(norm_after=(nxt.attn_norm, x, eps)) if nxt is not None else {}
+        return [*([ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=eps)] if i == 0 else []),
                 *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"),
                 *att_ops,
-                *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),
-                ops.rmsnorm(dev, b.h, L.mlp_norm, x, rows=1, dim=d, eps=cfg.rms_norm_eps),
+                *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32", norm_after=(L.mlp_norm, x, eps)),
                 *self._swiglu_decode(L, x, act),
-                *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32")]
+                *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32", **down_norm)]
 
     def prefill_layer(self, i: int, M: int) -> list[Op]:
         """Layer i for M tokens (rows 0 .. M-1 of h) at cache positions pos0 .. pos0 + M - 1."""

@@ -289,30 +289,76 @@ fn norm_q8(woff: u32, first: bool, lid: u32, sgs: u32) {
 //#include decode_gemv(gu)
 //#include decode_gemv(dn)
 
-// lm_head row r with the f32 activations in xf.
-fn dot_hd(r: u32, lane: u32) -> f32 {
-    var acc = 0.0;
-    for (var c = lane; c < D / 32u; c += TPR) {
-        let x0 = v4_get(8u * c); let x1 = v4_get(8u * c + 1u); let x2 = v4_get(8u * c + 2u); let x3 = v4_get(8u * c + 3u);
-        let x4 = v4_get(8u * c + 4u); let x5 = v4_get(8u * c + 5u); let x6 = v4_get(8u * c + 6u); let x7 = v4_get(8u * c + 7u);
+// lm_head chunk c (32 columns) of row r: its weights (q; p, the second half, when HEAD_W8) and
+// its scale (and offset), loaded apart from the arithmetic so that a batch of them is in flight.
+fn hd_q(r: u32, c: u32) -> vec4<u32> {
 //#if HEAD_W8
-        let q = w_hd[2u * (r * (D / 32u) + c)];
-        let p = w_hd[2u * (r * (D / 32u) + c) + 1u];
-        acc += f32(s_hd[r * (D / 32u) + c]) * ((fdot8w(q.x, q.y, x0, x1) + fdot8w(q.z, q.w, x2, x3))
-                                                + (fdot8w(p.x, p.y, x4, x5) + fdot8w(p.z, p.w, x6, x7)));
+    return w_hd[2u * (r * (D / 32u) + c)];
 //#else
-        let q = w_hd[r * (D / 32u) + c];
-        let gi = r * (D / GS) + (c * 32u) / GS;
-        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));
-        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;
-        let d = (dot8(q.x, x0, x1) + dot8(q.y, x2, x3)) + (dot8(q.z, x4, x5) + dot8(q.w, x6, x7));
-        acc += f32(s_hd[gi]) * (16.0 * d - 24.0 * xsum);
+    return w_hd[r * (D / 32u) + c];
+//#endif
+}
+fn hd_p(r: u32, c: u32) -> vec4<u32> {
+//#if HEAD_W8
+    return w_hd[2u * (r * (D / 32u) + c) + 1u];
+//#else
+    return vec4<u32>(0u);
+//#endif
+}
+fn hd_s(r: u32, c: u32) -> vec2<f32> {
+//#if HEAD_W8
+    return vec2<f32>(f32(s_hd[r * (D / 32u) + c]), 0.0);
+//#else
+    let gi = r * (D / GS) + (c * 32u) / GS;
 //#if HEAD_OFFSETS
-        acc += o_hd[gi] * xsum;
+    return vec2<f32>(f32(s_hd[gi]), o_hd[gi]);
+//#else
+    return vec2<f32>(f32(s_hd[gi]), 0.0);
 //#endif
 //#endif
+}
+
+// One loaded chunk · the f32 activations in xf.
+fn hd_chunk(c: u32, q: vec4<u32>, p: vec4<u32>, so: vec2<f32>) -> f32 {
+    let x0 = v4_get(8u * c); let x1 = v4_get(8u * c + 1u); let x2 = v4_get(8u * c + 2u); let x3 = v4_get(8u * c + 3u);
+    let x4 = v4_get(8u * c + 4u); let x5 = v4_get(8u * c + 5u); let x6 = v4_get(8u * c + 6u); let x7 = v4_get(8u * c + 7u);
+//#if HEAD_W8
+    return so.x * ((fdot8w(q.x, q.y, x0, x1) + fdot8w(q.z, q.w, x2, x3)) + (fdot8w(p.x, p.y, x4, x5) + fdot8w(p.z, p.w, x6, x7)));
+//#else
+    let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));
+    let xsum = xs4.x + xs4.y + xs4.z + xs4.w;
+    let d = (dot8(q.x, x0, x1) + dot8(q.y, x2, x3)) + (dot8(q.z, x4, x5) + dot8(q.w, x6, x7));
+    return so.x * (16.0 * d - 24.0 * xsum) + so.y * xsum;
+//#endif
+}
+
+// This lane's part of lm_head row r: batches of 4 chunks' loads (8 when UNROLL ≥ 8).
+fn dot_hd(r: u32, lane: u32) -> f32 {
+    let nch = D / 32u;
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var c = lane;
+    if (UNROLL >= 8u) {
+        for (; c + 7u * TPR < nch; c += 8u * TPR) {
+            let q0 = hd_q(r, c); let q1 = hd_q(r, c + TPR); let q2 = hd_q(r, c + 2u * TPR); let q3 = hd_q(r, c + 3u * TPR);
+            let q4 = hd_q(r, c + 4u * TPR); let q5 = hd_q(r, c + 5u * TPR); let q6 = hd_q(r, c + 6u * TPR); let q7 = hd_q(r, c + 7u * TPR);
+            let p0 = hd_p(r, c); let p1 = hd_p(r, c + TPR); let p2 = hd_p(r, c + 2u * TPR); let p3 = hd_p(r, c + 3u * TPR);
+            let p4 = hd_p(r, c + 4u * TPR); let p5 = hd_p(r, c + 5u * TPR); let p6 = hd_p(r, c + 6u * TPR); let p7 = hd_p(r, c + 7u * TPR);
+            let s0 = hd_s(r, c); let s1 = hd_s(r, c + TPR); let s2 = hd_s(r, c + 2u * TPR); let s3 = hd_s(r, c + 3u * TPR);
+            let s4 = hd_s(r, c + 4u * TPR); let s5 = hd_s(r, c + 5u * TPR); let s6 = hd_s(r, c + 6u * TPR); let s7 = hd_s(r, c + 7u * TPR);
+            a0 += (hd_chunk(c, q0, p0, s0) + hd_chunk(c + TPR, q1, p1, s1)) + (hd_chunk(c + 2u * TPR, q2, p2, s2) + hd_chunk(c + 3u * TPR, q3, p3, s3));
+            a1 += (hd_chunk(c + 4u * TPR, q4, p4, s4) + hd_chunk(c + 5u * TPR, q5, p5, s5)) + (hd_chunk(c + 6u * TPR, q6, p6, s6) + hd_chunk(c + 7u * TPR, q7, p7, s7));
+        }
     }
-    return acc;
+    for (; c + 3u * TPR < nch; c += 4u * TPR) {
+        let q0 = hd_q(r, c); let q1 = hd_q(r, c + TPR); let q2 = hd_q(r, c + 2u * TPR); let q3 = hd_q(r, c + 3u * TPR);
+        let p0 = hd_p(r, c); let p1 = hd_p(r, c + TPR); let p2 = hd_p(r, c + 2u * TPR); let p3 = hd_p(r, c + 3u * TPR);
+        let s0 = hd_s(r, c); let s1 = hd_s(r, c + TPR); let s2 = hd_s(r, c + 2u * TPR); let s3 = hd_s(r, c + 3u * TPR);
+        a0 += hd_chunk(c, q0, p0, s0) + hd_chunk(c + TPR, q1, p1, s1);
+        a1 += hd_chunk(c + 2u * TPR, q2, p2, s2) + hd_chunk(c + 3u * TPR, q3, p3, s3);
+    }
+    for (; c < nch; c += TPR) { a0 += hd_chunk(c, hd_q(r, c), hd_p(r, c), hd_s(r, c)); }
+    return a0 + a1;
 }
 
 // The TPR lanes' parts of each row of a pass summed; valid in lane 0 of each row (lid % TPR == 0).

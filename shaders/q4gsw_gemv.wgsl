@@ -16,9 +16,17 @@
 //   Q8           activations arrive quantized to int8 per 32 (quantize_q8.wgsl), and the
 //                dot products run on packed 4×8-bit integer dot instructions: about 1.6 ALU
 //                operations per weight byte instead of 7
+//   NORM_AFTER   (with RESIDUAL, not SILU) after y += x·Wᵀ, the last workgroup to finish
+//                normalises the whole of y (RMSNorm, weights nw, eps P.eps) into int8 blocks
+//                (nq, nd): the next GEMV's input, without a norm dispatch between them. It
+//                knows it is last from the counter done[0] (every workgroup adds 1 after its
+//                rows are stored; the last resets it). Other workgroups' rows are visible to it
+//                because y is then declared @coherent (flag COHERENT; a plain storage buffer
+//                can be read stale across workgroups on NVIDIA, KERNELS.md) and each workgroup
+//                stores them before a storageBarrier() that precedes its atomicAdd.
 //
 // Bindings (group 0):
-//   P    uniform  N, K
+//   P    uniform  N, K, eps (NORM_AFTER)
 //   x    read     array<vec4<act_t>>  (K/4)          activations
 //                 or, when Q8, array<vec4<u32>> (K/16): int8 x, per 8 values the even
 //                 elements' bytes then the odd elements' (matching the nibble masks)
@@ -28,6 +36,9 @@
 //   off  read     array<f32>          (N, K/GS)      offsets, when HAS_OFFSETS
 //   bias read     array<f32>          (N)            when HAS_BIAS
 //   y    rw       array<act_t>        (N)            output (yq, yd when SILU)
+//   nw   read     array<vec4<f32>>    (N/4)          when NORM_AFTER: the norm's weights,
+//   nq, nd rw     array<vec4<u32>> (N/16), array<vec2<f32>> (N/32): its int8 output,
+//   done rw       array<atomic<u32>>                 the workgroups-finished counter
 //
 // One workgroup computes (WG / TPR) · R consecutive rows. Within a row group, TPR threads
 // stride over K one vec4<u32> (32 weights, 16 bytes) at a time, so every weight byte is read
@@ -45,7 +56,7 @@ override R: u32 = 1u;         // rows per row group: each activation load serves
 override GS: u32 = 32u;       // group size: 32, 64 or 128
 override RESIDUAL: bool = false;   // y = y + x·Wᵀ
 
-struct Params { N: u32, K: u32, _a: u32, _b: u32 }
+struct Params { N: u32, K: u32, eps: f32, _b: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
 //#if Q8
 @group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
@@ -65,7 +76,19 @@ var<workgroup> ys: array<f32, 64>;
 var<workgroup> av: array<vec4<f32>, 8>;
 //#include q8_common
 //#else
+//#if COHERENT
+@group(0) @binding(5) @coherent var<storage, read_write> y: array<act_t>;
+//#else
 @group(0) @binding(5) var<storage, read_write> y: array<act_t>;
+//#endif
+//#endif
+//#if NORM_AFTER
+@group(0) @binding(9) var<storage, read> nw: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> nq: array<vec4<u32>>;
+@group(0) @binding(11) var<storage, read_write> nd: array<vec2<f32>>;
+@group(0) @binding(12) var<storage, read_write> done: array<atomic<u32>>;
+var<workgroup> last: u32;
+//#include q8_common
 //#endif
 //#if HAS_BIAS
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
@@ -75,6 +98,38 @@ override ROWS_PER_WG: u32 = (WG / TPR) * R;
 var<workgroup> red: array<f32, WG * R>;
 
 //#include q4_dot
+
+//#if NORM_AFTER
+fn y4(i: u32) -> vec4<f32> { return vec4<f32>(f32(y[4u * i]), f32(y[4u * i + 1u]), f32(y[4u * i + 2u]), f32(y[4u * i + 3u])); }
+
+// Called by every invocation once its rows of y are stored: the last workgroup normalises y → nq, nd.
+fn norm_after(lid: u32, total: u32) {
+    storageBarrier();
+    if (lid == 0u) { last = u32(atomicAdd(&done[0], 1u) == total - 1u); }
+    if (workgroupUniformLoad(&last) == 0u) { return; }
+    storageBarrier();
+    if (lid == 0u) { atomicStore(&done[0], 0u); }
+    let N = P.N;
+    var ss = 0.0;
+    for (var i = lid; i < N / 4u; i += WG) { let v = y4(i); ss += dot(v, v); }
+    red[lid] = ss;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h /= 2u) {
+        if (lid < h) { red[lid] += red[lid + h]; }
+        workgroupBarrier();
+    }
+    let r = inverseSqrt(red[0] / f32(N) + P.eps);
+    for (var b = lid; b < N / 32u; b += WG) {
+        let i = 8u * b;
+        let q = q8_block(y4(i) * r * nw[i], y4(i + 1u) * r * nw[i + 1u], y4(i + 2u) * r * nw[i + 2u],
+                         y4(i + 3u) * r * nw[i + 3u], y4(i + 4u) * r * nw[i + 4u], y4(i + 5u) * r * nw[i + 5u],
+                         y4(i + 6u) * r * nw[i + 6u], y4(i + 7u) * r * nw[i + 7u]);
+        nq[2u * b] = q.w0;
+        nq[2u * b + 1u] = q.w1;
+        nd[b] = q.d;
+    }
+}
+//#endif
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -116,6 +171,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lane == 0u) {
 //@OUT
     }
+//#if NORM_AFTER
+    norm_after(lid, nwg.x * nwg.y * nwg.z);
+//#endif
 //#if SILU
     workgroupBarrier();
     if (lid < 8u) {

@@ -6,6 +6,8 @@ from llmgpu.gpu import Device, GpuError
 from llmgpu.ops import Q4Linear, linear, run_linear, submit
 from llmgpu.quant import dequantize, random_q4
 
+from .conftest import get_device
+
 # Error bounds, normwise: ‖y − ref‖ / ‖ |x|·|W|ᵀ ‖, the scale a dot product's rounding error
 # is proportional to (a plain ‖y − ref‖/‖ref‖ blows up where a short dot product cancels).
 # f32 activations accumulate in f32 (~1e-7 seen); f16 activations round the output to f16
@@ -227,3 +229,55 @@ def test_fused_silu_epilogue(dev, rng, config):
     assert np.abs(got - ref).max() <= 2e-3 * np.abs(act).max() + np.abs(ref - act).max()
     with pytest.raises(ValueError, match="64 rows per workgroup"):
         linear(dev, Q4Linear(dev, _interleave32(t)), xb, out, 1, silu=True, config=dict(WG=64, TPR=32, R=2))
+
+
+@pytest.mark.parametrize("config", [None, dict(WG=64, TPR=16, R=1), dict(WG=256, TPR=32, R=2)])
+def test_fused_norm_after_residual_gemv(rng, config):
+    """y += x·Wᵀ, then the last workgroup normalises all of y into int8 blocks (the next GEMV's
+    input): y as the plain residual GEMV gives it, the int8 blocks as RMSNorm(y)·w quantized,
+    with many workgroups (N = 2080 rows: 33+ of them, a ragged last one), twice in a row (the
+    finished-counter must be reset by the last workgroup, or the second dispatch never normalises)."""
+    from llmgpu.ops import gemv, q8_act
+    from llmgpu.quant import q8_activations
+    from tests.reference import rmsnorm
+    dev = get_device()
+    assert dev.has_coherent
+    N, K = 2080, 256
+    t = random_q4(N, K, 32, rng, scale=0.2)
+    lin = Q4Linear(dev, t)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    h0 = rng.standard_normal(N).astype(np.float32)
+    w = (1 + 0.3 * rng.standard_normal(N)).astype(np.float32)
+    h, out, xb, wb = dev.buffer(h0), q8_act(dev, N), dev.buffer(x), dev.buffer(w)
+    ops = gemv(dev, lin, xb, h, residual=True, act="f32", config=config, norm_after=(wb, out, 1e-5))
+    assert [op.name for op in ops] == ["q4gsw_gemv:main"]
+    want_h = h0.astype(np.float64)
+    for _ in range(2):
+        submit(dev, ops)
+        want_h = want_h + reference(dev, t, x)[0]
+        got_h = dev.read(h, np.float32, (N,))
+        assert np.abs(got_h - want_h).max() < 1e-3 * np.abs(want_h).max()
+        normed = rmsnorm(got_h[None], w, 1e-5).astype(np.float32)
+        ref = q8_activations(normed)[0]
+        got = read_q8(dev, out, N)
+        assert np.abs(got - ref).max() <= 1.01 * np.abs(ref - normed[0]).max() + 1e-6
+        dev.write(out.xd, np.zeros(N // 32 * 2, np.float32))  # the next round must write them again
+
+
+def test_norm_after_falls_back_to_a_norm_op(rng):
+    """Where the GEMV cannot fuse the norm (here: its weight split over two bindings), the same
+    call returns the GEMV and a norm op."""
+    from llmgpu.ops import gemv, q8_act
+    dev = get_device()
+    t = random_q4(320, 256, 32, rng)
+    dev.max_binding, saved = 256 * 128, dev.max_binding
+    try:
+        lin = Q4Linear(dev, t)
+    finally:
+        dev.max_binding = saved
+    h, out = dev.buffer(size=320 * 4), q8_act(dev, 320)
+    ops = gemv(dev, lin, dev.buffer(size=256 * 4), h, residual=True, act="f32",
+               norm_after=(dev.buffer(size=320 * 4), out, 1e-5))
+    assert [op.name for op in ops] == ["q4gsw_gemv:main"] * 2 + ["norm:main"]
+    with pytest.raises(ValueError, match="residual"):
+        gemv(dev, lin, dev.buffer(size=256 * 4), h, act="f32", norm_after=(h, out, 1e-5))

@@ -122,14 +122,40 @@ def _cpu_gemm_config(dev: Device, M: int) -> dict:
     return dict(BM=BM, BN=128, TM=TM, TN=16, WG=(BM // TM) * (128 // 16))
 
 
+def can_norm_after(dev: Device, lin: Q4Linear, act: str | None = None) -> bool:
+    """Whether `gemv(..., norm_after=...)` fuses the norm into this weight's GEMV (else it
+    appends a norm op): one weight slice, f32 output, and coherent storage on the adapter."""
+    return len(lin.slices) == 1 and (act or dev.act_type) == "f32" and dev.has_coherent and lin.N % 32 == 0
+
+
+def _norm_counter(dev: Device):
+    """The workgroups-finished counter every fused norm shares (dispatches run one after another;
+    the last workgroup of each resets it)."""
+    if getattr(dev, "_norm_counter", None) is None:
+        dev._norm_counter = dev.buffer(size=16, label="gemv.done")
+    return dev._norm_counter
+
+
 def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool = False,
-         config: dict | None = None, act: str | None = None) -> list[Op]:
+         config: dict | None = None, act: str | None = None, norm_after: tuple | None = None) -> list[Op]:
     """Record y(N) = x(K) · Wᵀ (+ y when residual), one op per weight slice.
 
     x: a buffer of `act` (default: the device's act_type) or a Q8Act (int8 activations).
     y: a buffer of `act` (or (buffer, byte offset, size)); with silu, a Q8Act of N/2 values that
-    receives silu(gate)·up from a gate/up weight interleaved in blocks of 32 rows (one slice)."""
+    receives silu(gate)·up from a gate/up weight interleaved in blocks of 32 rows (one slice).
+    norm_after: (w, out, eps) — then RMSNorm(y) · w → out (a Q8Act of N values) after the GEMV:
+    in its last workgroup where `can_norm_after` (residual GEMVs only), else as a norm op."""
     act = act or dev.act_type
+    if norm_after is not None:
+        w, out, eps = norm_after
+        if not residual or silu or not isinstance(out, Q8Act):
+            raise ValueError("norm_after needs a residual GEMV and an int8 (Q8Act) output")
+        if not can_norm_after(dev, lin, act):
+            from .layer import rmsnorm
+            return [*gemv(dev, lin, x, y, residual=True, config=config, act=act),
+                    rmsnorm(dev, y, w, out, rows=1, dim=lin.N, eps=eps)]
+        if isinstance(y, tuple) and y[1]:
+            raise ValueError("norm_after normalises the whole of y: give the buffer, not a slice")
     q8 = isinstance(x, Q8Act)
     if silu and (len(lin.slices) != 1 or lin.N % 64 or not isinstance(y, Q8Act)):
         raise ValueError("the fused SiLU epilogue needs one weight slice, N % 64 == 0 and an int8 output")
@@ -137,8 +163,10 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
     rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
     if silu and rows_per_wg != 64:
         raise ValueError(f"the fused SiLU epilogue needs 64 rows per workgroup, not {cfg}")
+    fused = norm_after is not None
     pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **lin.flags(), "RESIDUAL": residual, "SILU": silu,
-                                              "Q8": q8, "SUBGROUPS": dev.has_subgroups},
+                                              "Q8": q8, "SUBGROUPS": dev.has_subgroups, "NORM_AFTER": fused,
+                                              "COHERENT": fused},
                         types={"act_t": act, "scale_t": dev.act_type},
                         snippets=gemv_snippets(cfg["R"], q8, lin.w8, silu, lin.has_offsets))
     xb = {"x": x.xq, "xd": x.xd} if q8 else {"x": x}
@@ -152,8 +180,13 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
             buf, off = (y[0], y[1]) if isinstance(y, tuple) else (y, 0)
             yb = {"y": (buf, off + s.n0 * esize(act), max(16, -(-s.n * esize(act) // 4) * 4))}
             need(pipe.name, "y", y, (s.n0 + s.n) * esize(act))
-        ops.append(make_op(dev, pipe, {**xb, **lin.weight_binds(s), **yb}, dev.grid(-(-s.n // rows_per_wg)),
-                           [s.n, lin.K]))
+        nb = {}
+        if fused:
+            need(pipe.name, "norm out", norm_after[1].xq, lin.N)
+            need(pipe.name, "norm weights", norm_after[0], lin.N * 4)
+            nb = {"nw": norm_after[0], "nq": norm_after[1].xq, "nd": norm_after[1].xd, "done": _norm_counter(dev)}
+        ops.append(make_op(dev, pipe, {**xb, **lin.weight_binds(s), **yb, **nb}, dev.grid(-(-s.n // rows_per_wg)),
+                           [s.n, lin.K, float(norm_after[2]) if fused else 0.0]))
     return ops
 
 
