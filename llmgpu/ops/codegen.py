@@ -103,3 +103,20 @@ def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
             store += [f"    put({m}, {n} + {jj}u, c{i}_{j}.{comp});" for jj, comp in enumerate("xyzw")]
     return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store),
             "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
+
+
+def flash_snippets(NJ: int) -> dict:
+    """attention_prefill.wgsl: the output accumulators of a thread's 4 query rows (i) and NJ
+    vec4 columns of the head (n: column tx + n·TX, clamped to the head for loads; `put` skips
+    the ones past it), their rescale by α, the p·V step at position c, and the normalized store."""
+    acc = [(i, n) for i in range(4) for n in range(NJ)]
+    xyzw = "xyzw"
+    decl = [f"    let dj{n} = min(tx + {n}u * TX, D4 - 1u);" for n in range(NJ)]
+    decl += [f"    var o{i}_{n} = vec4<f32>(0.0);" for i, n in acc]
+    pv = [f"            let b{n} = KV[c * RS + dj{n}];" for n in range(NJ)]
+    pv += [f"            o{i}_{n} = fma(vec4<f32>(a.{xyzw[i]}), b{n}, o{i}_{n});" for i, n in acc]
+    return {"DECL": "\n".join(decl),
+            "RESCALE": "\n".join(f"        o{i}_{n} *= alpha.{xyzw[i]};" for i, n in acc),
+            "PV": "\n".join(pv),
+            "STORE": "\n".join(f"    put(r0 + 4u * ty + {i}u, tx + {n}u * TX, j, G, o{i}_{n} / l.{xyzw[i]});"
+                               for i, n in acc)}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..gpu import Device
+from .codegen import flash_snippets
 from .core import Op, esize, make_op, need
 
 F32 = 4
@@ -178,20 +179,45 @@ def attention_decode(dev: Device, step, qkv, rope_table, k_cache, v_cache, score
                     float(shape.head_dim ** -0.5), float(eps)])
 
 
-def attention_prefill(dev: Device, step, q, k_cache, v_cache, scores, out, *, rows: int, shape: Heads) -> Op:
+# (TX, TY) of attention_prefill, in order of preference: the first whose workgroup memory fits.
+# GPU: 32 rows × 64 positions for hd ≤ 64 (128 invocations, 35.5 KiB), 32 × 32 for hd = 128
+# (64 invocations, 38 KiB). CPU: 16 × 16, four rows and four positions per invocation.
+_FLASH_GPU = ((16, 8), (8, 16), (8, 8), (16, 4), (8, 4), (4, 4), (4, 2), (2, 2))
+_FLASH_CPU = ((4, 4), (4, 2), (2, 2))
+
+
+def flash_storage(head_dim: int, TX: int, TY: int) -> int:
+    """Bytes of workgroup memory attention_prefill.wgsl declares: Qs, KV, Ps and red."""
+    rs, br, bc = head_dim // 4 + 1, 4 * TY, 4 * TX
+    return 16 * (br + bc) * rs + 16 * bc * (TY + 1) + 4 * br * TX
+
+
+def flash_config(dev: Device, head_dim: int) -> dict:
+    """Tile of attention_prefill: TX threads along a block of 4·TX cache positions, TY along
+    4·TY query rows; the first candidate that fits the adapter's workgroup memory."""
+    for tx, ty in (_FLASH_CPU if dev.is_cpu else _FLASH_GPU):
+        if flash_storage(head_dim, tx, ty) <= dev.max_workgroup_storage and tx * ty <= dev.max_invocations:
+            return dict(TX=tx, TY=ty, WG=tx * ty)
+    raise ValueError(f"attention_prefill: no tile for head_dim {head_dim} fits {dev.name}'s "
+                     f"{dev.max_workgroup_storage} bytes of workgroup memory")
+
+
+def attention_prefill(dev: Device, step, q, k_cache, v_cache, out, *, rows: int, shape: Heads,
+                      config: dict | None = None) -> Op:
     """Prefill: causal attention of rows queries (q: (rows, q_dim) f32, rotated; row m at cache
-    position step.pos0 + m) over the cache, which rope_kv has filled. scores: (rows·n_heads,
-    max_seq) f32 scratch; out: (rows, q_dim) f32."""
+    position step.pos0 + m) over the cache, which rope_kv has filled; flash attention, no score
+    scratch. out: (rows, q_dim) f32. config: {TX, TY} (default: flash_config)."""
     _check_attention("attention_prefill", shape, dev.act_type, k_cache, v_cache)
     need("attention_prefill", "q", q, rows * shape.q_dim * F32)
-    need("attention_prefill", "scores", scores, rows * shape.n_heads * shape.max_seq * F32)
     need("attention_prefill", "out", out, rows * shape.q_dim * F32)
-    pipe = dev.pipeline("attention_prefill", consts={"WG": _attention_wg(dev, shape.head_dim // 4),
-                                                     "D4": shape.head_dim // 4,
-                                                     "SUBGROUPS": dev.has_subgroups},
-                        types={"cache_t": dev.act_type})
-    binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "sc": scores, "out": out}
-    return make_op(dev, pipe, binds, (shape.n_heads, rows, 1),
+    cfg = dict(config or flash_config(dev, shape.head_dim))
+    cfg["WG"] = cfg["TX"] * cfg["TY"]
+    d4 = shape.head_dim // 4
+    pipe = dev.pipeline("attention_prefill", consts={**cfg, "D4": d4, "SUBGROUPS": dev.has_subgroups},
+                        types={"cache_t": dev.act_type}, snippets=flash_snippets(-(-d4 // cfg["TX"])))
+    tiles = -(-rows * (shape.n_heads // shape.n_kv) // (4 * cfg["TY"]))
+    binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "out": out}
+    return make_op(dev, pipe, binds, (tiles, shape.n_kv, 1),
                    [rows, shape.n_heads, shape.n_kv, shape.head_dim, shape.max_seq, float(shape.head_dim ** -0.5)])
 
 
