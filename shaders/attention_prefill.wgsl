@@ -5,7 +5,8 @@
 //
 // Types: cache_t (f16 | f32). Overrides: D4 = hd/4; TX, TY (powers of two), WG = TX·TY.
 // Flag: SUBGROUPS. llmgpu/ops/codegen.py (flash_snippets) writes the //@ lines: NJ = ⌈D4/TX⌉
-// named vec4 output accumulators per query row of a thread, never an indexed array.
+// named vec4 output accumulators per query row of a thread and NL = ⌈BC·D4/WG⌉ named prefetch
+// registers each for keys and values, never indexed arrays.
 // Bindings (group 0):
 //   P    uniform  M, n_heads, n_kv, hd, max_seq, scale (f32)
 //   S    uniform  pos0 — cache position of query 0
@@ -19,15 +20,17 @@
 // Workgroup (t, j) owns rows t·BR .. t·BR + BR − 1 (BR = 4·TY) and walks blocks of BC = 4·TX
 // cache positions, up to the causal end of its last row. Thread (tx, ty) owns the rows
 // 4·ty + 0..3 throughout; per block:
-//   1. stage the block's keys in workgroup memory as f32 (zero past the tile's last key);
+//   1. the block's keys, loaded into registers during the last block's p·V, to workgroup memory
+//      as f32 (zero past the tile's last position); its values start loading;
 //   2. scores of its rows at positions k0 + tx + TX·c (c < 4), from Qs and KV, masked causally;
 //   3. the rows' block maxima over the TX threads of a row (subgroup shuffles, then workgroup
 //      memory where a row spans subgroups); α = exp2(old max − new max); p = exp2(s − max);
-//   4. p to Ps (for each position, the thread's 4 rows as one vec4), values into KV;
+//   4. p to Ps (for each position, the thread's 4 rows as one vec4), values into KV; the next
+//      block's keys start loading;
 //   5. output ·= α, += p·V, for vec4 columns tx + TX·jj of the head (jj < NJ).
 // Each thread's part of the row sums is rescaled the same way and added up at the end.
 // Queries are staged times scale·log2(e), so that exp2 gives the softmax's exp.
-// Workgroup memory: 16·(BR + BC)·(D4 + 1) + 4·BR·BC + 4·BR·TX bytes (llmgpu.ops.flash_config).
+// Workgroup memory: 16·(BR + BC)·(D4 + 1) + 16·BC·(TY + 1) + 4·BR·TX bytes (llmgpu.ops.flash_storage).
 
 override D4: u32 = 16u;
 override TX: u32 = 16u;
@@ -71,19 +74,19 @@ fn stage_queries(r0: u32, j: u32, G: u32, lid: u32) {
     }
 }
 
-// Keys (or values) of key head j at positions k0 .. k0 + BC − 1 into KV; zero from kend on
-// (a zero value times p = 0 stays zero, where an unwritten cache entry might be NaN).
-fn stage_block(k0: u32, kend: u32, j: u32, lid: u32, values: bool) {
-    for (var i = lid; i < BC * D4; i += WG) {
-        let c = i / D4;
-        let d = i % D4;
-        var x = vec4<f32>(0.0);
-        if (k0 + c < kend) {
-            let gi = ((k0 + c) * P.n_kv + j) * D4 + d;
-            if (values) { x = vec4<f32>(vc[gi]); } else { x = vec4<f32>(kc[gi]); }
-        }
-        KV[c * RS + d] = x;
-    }
+// Global → registers: vec4 `idx` of the keys (or values) of key head j at positions
+// k0 .. k0 + BC − 1, position-major; zero from kend on (a zero value times p = 0 stays zero,
+// where an unwritten cache entry might be NaN) and past the block.
+fn load_kv(k0: u32, kend: u32, j: u32, idx: u32, values: bool) -> vec4<cache_t> {
+    let c = idx / D4;
+    if (idx >= BC * D4 || k0 + c >= kend) { return vec4<cache_t>(0.0); }
+    let gi = ((k0 + c) * P.n_kv + j) * D4 + idx % D4;
+    if (values) { return vc[gi]; }
+    return kc[gi];
+}
+// Registers → workgroup memory, as f32 with padded rows.
+fn store_kv(idx: u32, x: vec4<cache_t>) {
+    if (idx < BC * D4) { KV[(idx / D4) * RS + idx % D4] = vec4<f32>(x); }
 }
 
 // Max (or sum) of v over the TX threads that share rows 4·ty + 0..3 (component i: row 4·ty + i),
@@ -114,6 +117,11 @@ fn row_reduce(v: vec4<f32>, tx: u32, ty: u32, sgs: u32, is_max: bool) -> vec4<f3
         }
     }
     return x;
+}
+
+// s + (q·k over 4 components) for 4 keys, given component by component: FMAs only.
+fn qk(a: vec4<f32>, kx: vec4<f32>, ky: vec4<f32>, kz: vec4<f32>, kw: vec4<f32>, s: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(a.w), kw, fma(vec4<f32>(a.z), kz, fma(vec4<f32>(a.y), ky, fma(vec4<f32>(a.x), kx, s))));
 }
 
 fn max4(v: vec4<f32>) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
@@ -147,9 +155,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var mrow = vec4<f32>(NEG);   // running maxima of the rows
     var lsum = vec4<f32>(0.0);   // this thread's part of their running sums
 //@DECL
+    var kl = 0u;          // the block whose keys are being loaded into registers
+//@LOAD_K
     for (var k0 = 0u; k0 < kend; k0 += BC) {
-        stage_block(k0, kend, j, lid, false);
+//@STORE_K
         workgroupBarrier();
+//@LOAD_V
         var s0 = vec4<f32>(0.0);   // row 4·ty + i: s_i at positions k0 + cols
         var s1 = vec4<f32>(0.0);
         var s2 = vec4<f32>(0.0);
@@ -163,10 +174,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let b1 = KV[cols.y * RS + d];
             let b2 = KV[cols.z * RS + d];
             let b3 = KV[cols.w * RS + d];
-            s0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
-            s1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
-            s2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
-            s3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+            let kx = vec4<f32>(b0.x, b1.x, b2.x, b3.x);   // component x of the 4 keys, ...
+            let ky = vec4<f32>(b0.y, b1.y, b2.y, b3.y);
+            let kz = vec4<f32>(b0.z, b1.z, b2.z, b3.z);
+            let kw = vec4<f32>(b0.w, b1.w, b2.w, b3.w);
+            s0 = qk(a0, kx, ky, kz, kw, s0);
+            s1 = qk(a1, kx, ky, kz, kw, s1);
+            s2 = qk(a2, kx, ky, kz, kw, s2);
+            s3 = qk(a3, kx, ky, kz, kw, s3);
         }
         let kp = k0 + cols;
         s0 = select(s0, vec4<f32>(NEG), kp > vec4<u32>(lim.x));
@@ -187,7 +202,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         Ps[cols.y * PS + ty] = vec4<f32>(p0.y, p1.y, p2.y, p3.y);
         Ps[cols.z * PS + ty] = vec4<f32>(p0.z, p1.z, p2.z, p3.z);
         Ps[cols.w * PS + ty] = vec4<f32>(p0.w, p1.w, p2.w, p3.w);
-        stage_block(k0, kend, j, lid, true);
+//@STORE_V
+        kl = k0 + BC;
+//@LOAD_K
         workgroupBarrier();
 //@RESCALE
         for (var c = 0u; c < BC; c++) {

@@ -323,6 +323,22 @@ def test_expanded_gemv_source_is_plain_wgsl(tmp_path):
     assert "var acc3 = 0.0;" in text and "off[gi3]" in text and "// override R = 4" in text
 
 
+
+def test_expanded_flash_attention_source_is_plain_wgsl(tmp_path):
+    """attention_prefill's generated accumulators and prefetch registers: every placeholder
+    filled, named registers only (the GPUs' tile for hd = 128: NJ = 4 columns, NL = 16 loads)."""
+    dev = Device(dump_wgsl=str(tmp_path))
+    shape = ops.Heads(8, 2, 128, 64)
+    kv = dev.buffer(size=shape.cache_bytes(dev.act_type))
+    ops.attention_prefill(dev, step_uniform(dev, 0), dev.buffer(size=4 * 8 * 128 * 4), kv, kv,
+                          dev.buffer(size=4 * 8 * 128 * 4), rows=4, shape=shape, config=dict(TX=8, TY=8))
+    (f,) = tmp_path.glob("attention_prefill.main.*.wgsl")
+    text = f.read_text()
+    assert not re.search(r"^\s*//[@#]", text, re.M), "a placeholder or directive line is left"
+    assert "var o3_3 = vec4<f32>(0.0);" in text and "o3_4" not in text and "// override TX = 8" in text
+    assert "pv15 = load_kv(k0, kend, j, lid + 15u * WG, true);" in text and "pk16" not in text
+    assert not re.search(r"array<vec4<f32>, \d+>", text), "an indexed register array"
+
 # ---- planted bugs: each check above fails when its kernel is broken ----------------------
 
 PLANTED = [  # (check, shader, correct text, broken text)
@@ -340,7 +356,7 @@ PLANTED = [  # (check, shader, correct text, broken text)
     # GQA: query heads of a key head interleaved instead of consecutive
     (check_attention_prefill, "attention_prefill", "j * G + R % G;", "j + (R % G) * P.n_kv;"),
     # a block's position past the tile read from the cache (NaN there) instead of zero
-    (check_attention_prefill, "attention_prefill", "if (k0 + c < kend) {", "if (k0 + c <= kend) {"),
+    (check_attention_prefill, "attention_prefill", "k0 + c >= kend)", "k0 + c > kend)"),
     # p·V skipping the first position of every block
     (check_attention_prefill, "attention_prefill", "for (var c = 0u; c < BC; c++)", "for (var c = 1u; c < BC; c++)"),
     # row maxima / sums across subgroups (workgroup memory) missing the last part

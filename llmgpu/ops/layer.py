@@ -214,8 +214,11 @@ def attention_prefill(dev: Device, step, q, k_cache, v_cache, out, *, rows: int,
     cfg["WG"] = cfg["TX"] * cfg["TY"]
     d4 = shape.head_dim // 4
     pipe = dev.pipeline("attention_prefill", consts={**cfg, "D4": d4, "SUBGROUPS": dev.has_subgroups},
-                        types={"cache_t": dev.act_type}, snippets=flash_snippets(-(-d4 // cfg["TX"])))
+                        types={"cache_t": dev.act_type},
+                        snippets=flash_snippets(-(-d4 // cfg["TX"]), -(-4 * d4 // cfg["TY"])))
     tiles = -(-rows * (shape.n_heads // shape.n_kv) // (4 * cfg["TY"]))
+    if tiles > dev.max_groups:
+        raise ValueError(f"attention_prefill: {rows} rows are too many for one dispatch; prefill in chunks")
     binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "out": out}
     return make_op(dev, pipe, binds, (tiles, shape.n_kv, 1),
                    [rows, shape.n_heads, shape.n_kv, shape.head_dim, shape.max_seq, float(shape.head_dim ** -0.5)])
