@@ -168,8 +168,9 @@ def random_cache(dev, rng, max_seq, nkv, hd, filled):
 
 # tiles besides the adapter's default that attention_prefill must also get right: the GPUs'
 # (16 threads per row, more than lavapipe's subgroup of 8: rows reduced through workgroup
-# memory too) and one whose row fits a subgroup; each where lavapipe's workgroup memory allows
-PREFILL_TILES = [dict(TX=16, TY=8), dict(TX=8, TY=8)]
+# memory too), one whose row fits a subgroup, and the CPUs' tallest; each where lavapipe's
+# workgroup memory allows
+PREFILL_TILES = [dict(TX=16, TY=8), dict(TX=8, TY=8), dict(TX=4, TY=16)]
 
 
 def prefill_cases(rng, G):
