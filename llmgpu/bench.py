@@ -6,7 +6,7 @@ generation with CPU sampling does). Each row also shows q4gsw bytes read per dec
 the GB/s that implies, that as a % of the streaming-read bandwidth measured in the same run on
 the same adapter (the roofline), the CPU time spent encoding a decode step, and dispatches per
 token. `--profile` adds GPU time per kernel (timestamp queries) for one decode step and for the
-first prefill chunk of the pp test. Start-up is reported too: load, device, upload, pipelines
+first and (where the prompt spans several chunks) last prefill chunks of the pp test. Start-up is reported too: load, device, upload, pipelines
 compiled and the first token (a prefill of the pp test's length, compilation included).
 
 Shapes (`--shape NAME`, models/shapes.json) run with random q4gsw weights created directly in
@@ -87,9 +87,10 @@ def encode_seconds(model, reps: int = 20) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def profile_step(model, M: int = 1) -> list[tuple[str, float, int]]:
+def profile_step(model, M: int = 1, pos0: int = 0) -> list[tuple[str, float, int]]:
     """GPU time per kernel of one step over M new tokens (M = 1: a decode step; M > 1: a prefill
-    chunk from an empty cache), each dispatch in its own timestamped pass, mean of 3 runs.
+    chunk at cache position pos0, attending to pos0 + M positions), each dispatch in its own
+    timestamped pass, mean of 3 runs.
     Returns (kernel, seconds, count) sorted by time."""
     dev = model.dev
     if not dev.has_timestamps:
@@ -102,8 +103,8 @@ def profile_step(model, M: int = 1) -> list[tuple[str, float, int]]:
         model.reset()
         return rows
     ops = model.step_ops(M, True)
-    if M > 1:  # the step reads `pos0` from the uniform: back to an empty cache
-        model.dev.write(model.step, np.zeros(4, np.uint32))
+    if M > 1:  # the step reads `pos0` from the uniform (the cache's contents do not change the time)
+        model.dev.write(model.step, np.array([pos0, 0, 0, 0], np.uint32))
     n = len(ops)
     names = [op.name for op in ops]
     if M == 1 and model.decode_schedule == "phased":  # the decode kernel's dispatches, by phase kind
@@ -294,11 +295,12 @@ def run(args) -> int:
     result = dict(model=label, adapter=dev.name, group_size=args.group_size, stream_read_gbs=bw / 1e9,
                   date=time.strftime("%Y-%m-%d"), repetitions=args.r, startup=st.as_dict(), rows=rows)
     profs = {}
-    if args.profile:  # a decode step, and the first prefill chunk of the pp test
+    if args.profile:  # a decode step, and the first and last prefill chunks of the pp test
         pp = min(args.p, model.chunk)
-        for key, M in (("profile", 1 if args.n else 0), ("profile_pp", pp if pp > 1 else 0)):
+        for key, M, pos0 in (("profile", 1 if args.n else 0, 0), ("profile_pp", pp if pp > 1 else 0, 0),
+                             ("profile_pp_last", pp if args.p > pp > 1 else 0, args.p - pp)):
             if M:
-                profs[key] = profile_step(model, M)
+                profs[key] = profile_step(model, M, pos0)
                 result[key] = [dict(kernel=k, us=s * 1e6, count=c) for k, s, c in profs[key]]
         if args.profile_png and profs:
             _plot(profs.get("profile") or profs["profile_pp"], args.profile_png, label)
@@ -308,7 +310,7 @@ def run(args) -> int:
         _print_csv(rows, label, dev.name)
     else:
         _print_table(rows, label, dev.name, bw, args.group_size)
-        _print_profiles(profs, min(args.p, model.chunk))
+        _print_profiles(profs, min(args.p, model.chunk), args.p)
         print(st.line().replace("llmgpu: ", ""))
     return 0
 
@@ -337,8 +339,9 @@ def _print_table(rows, label, adapter, bw, group_size) -> None:
         print(f"| {label[:28]:<28} | {r['test']:>12} | {r['tps']:>9.2f} ± {r['sd']:>6.2f} | {extra} |")
 
 
-def _print_profiles(profs: dict, pp_rows: int) -> None:
-    for key, what in (("profile", "one decode step"), ("profile_pp", f"a prefill of {pp_rows} tokens")):
+def _print_profiles(profs: dict, pp_rows: int, p: int) -> None:
+    for key, what in (("profile", "one decode step"), ("profile_pp", f"a prefill of {pp_rows} tokens"),
+                      ("profile_pp_last", f"a prefill of {pp_rows} tokens at position {p - pp_rows} (pp{p}'s last)")):
         prof = profs.get(key)
         if not prof:
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 
 DEFAULT_GROUP_SIZE = 32  # q4gsw group size; 64 and 128 are the other choices
 DEFAULT_MAX_SEQ = 4096  # context (KV-cache positions), capped by the model's max_position_embeddings
-DEFAULT_CHUNK = 256  # prefill rows per dispatch chain (fewer where the attention scratch must fit)
+DEFAULT_CHUNK = 256  # prefill rows per dispatch chain, whatever the context
 DECODE_SCHEDULES = ("auto", "ops", "phased", "persistent")  # how a decode step runs (model.py)
 SAMPLING_PLACES = ("auto", "gpu", "cpu")  # where generation samples (model.py, loop.py)
 

@@ -181,7 +181,7 @@ class Scratch:
     att: object  # (C, q_dim) f32, attention output
     gu: object  # (C, 2·ff) f32
     act: object  # (C, ff) f32
-    scores: object  # (C·n_heads, max_seq) f32, attention scratch
+    scores: object  # (n_heads, max_seq) f32, decode attention's scratch (prefill's flash attention has none)
     logits: object  # (logit_rows, V) f32
     x8: Q8Act  # (d,) int8 blocks: decode's normed input
     att8: Q8Act  # (q_dim,) int8 blocks: decode's attention output
@@ -196,7 +196,7 @@ class Scratch:
         return cls(ids=dev.buffer(size=C * 4, label="ids"), h=f32(C * d, "h"), xn=f32(C * d, "xn"),
                    qkv=f32(C * heads.qkv_dim, "qkv"), q=f32(C * heads.q_dim, "q"), att=f32(C * heads.q_dim, "att"),
                    gu=f32(C * 2 * ff, "gu"), act=f32(C * ff, "act"),
-                   scores=f32(C * heads.n_heads * heads.max_seq, "scores"), logits=f32(rows * V, "logits"),
+                   scores=f32(heads.n_heads * heads.max_seq, "scores"), logits=f32(rows * V, "logits"),
                    x8=ops.q8_act(dev, d, label="x8"), att8=ops.q8_act(dev, heads.q_dim, label="att8"),
                    act8=ops.q8_act(dev, ff, label="act8"), logit_rows=rows)
 
@@ -228,8 +228,7 @@ class Model:
         self.device_name = dev.name
         self.q8, self.head_q8 = q8, q8 and head_q8
         self.heads = Heads(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.max_seq)
-        # Prefill chunk: bounded so that the attention scratch fits one storage binding.
-        self.chunk = max(1, min(chunk, dev.max_binding // (self.heads.n_heads * self.max_seq * F32)))
+        self.chunk = max(1, chunk)  # prefill rows per step, whatever the context (flash attention)
         T = ckpt.tensors
         self.layers = [load_layer(dev, T, cfg, i) for i in range(cfg.num_hidden_layers)]
         self.norm = dev.buffer(np.asarray(T["model.norm.weight"], np.float32), label="model.norm")  # (d,) f32
@@ -320,8 +319,7 @@ class Model:
                 *ops.gemm(dev, L.qkv, b.xn, b.qkv, rows=M, act="f32"),
                 ops.rope_kv(dev, self.step, b.qkv, self.rope, b.q, self.kv.k[i], self.kv.v[i], rows=M,
                             shape=self.heads, eps=eps, q_norm=L.q_norm, k_norm=L.k_norm),
-                ops.attention_prefill(dev, self.step, b.q, self.kv.k[i], self.kv.v[i], b.scores, b.att, rows=M,
-                                      shape=self.heads),
+                ops.attention_prefill(dev, self.step, b.q, self.kv.k[i], self.kv.v[i], b.att, rows=M, shape=self.heads),
                 *ops.gemm(dev, L.o, b.att, b.h, rows=M, residual=True, act="f32"),
                 ops.rmsnorm(dev, b.h, L.mlp_norm, b.xn, rows=M, dim=d, eps=eps),
                 *ops.gemm(dev, L.gate_up, b.xn, b.gu, rows=M, act="f32"),

@@ -1,5 +1,5 @@
 // Attention of one query head over cached keys and values (`//#include attention_common`),
-// shared by attention_decode.wgsl and attention_prefill.wgsl.
+// used by attention_decode.wgsl (prefill has its own flash attention, attention_prefill.wgsl).
 //
 // Needs from the including shader: override WG (a multiple of D4) and D4 = hd/4 (a loop bound
 // the compiler unrolls, so the dot products' loads overlap); P with n_kv; kc, vc

@@ -140,3 +140,21 @@ def test_long_context(tmp_path, rng):
     m = Model(ckpt, dev=get_device(), max_seq=320, chunk=128, q8=False)
     out = [m.prefill(ids[:296])] + [m.decode(t) for t in ids[296:]]
     assert rel(np.stack(out), ref[295:]) < 1e-2
+
+
+def test_long_prompt_in_full_chunks(tmp_path, rng):
+    """A prompt longer than the chunk the old attention scratch allowed ((C·heads, ctx) f32 in
+    one binding: 128 rows here on lavapipe) prefills in full 256-row chunks and gives
+    transformers' logits, and the same logits as prefilling it 32 rows at a time. 32 query heads
+    over 8 key heads, as Llama-3.2-1B."""
+    ckpt, hf_cfg = make_checkpoint(tmp_path, "llama-tied", rng, num_attention_heads=32, num_key_value_heads=8,
+                                   max_position_embeddings=8192)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 300)]
+    ref = reference_logits(ckpt, hf_cfg, ids)
+    m = Model(ckpt, dev=get_device(), max_seq=8192, chunk=256, q8=False)
+    assert m.chunk == 256
+    got = m.logits(ids)
+    assert (256, False) in m._steps and (44, False) in m._steps  # one full chunk, then the rest
+    assert rel(got, ref) < 1e-2, f"prefill logits: {rel(got, ref):.2e}"
+    small = Model(ckpt, dev=get_device(), max_seq=8192, chunk=32, q8=False).logits(ids)
+    assert rel(got, small) < 1e-5, f"256- against 32-row chunks: {rel(got, small):.2e}"

@@ -166,18 +166,40 @@ def random_cache(dev, rng, max_seq, nkv, hd, filled):
     return K, V, dev.buffer(K), dev.buffer(V)
 
 
+# tiles besides the adapter's default that attention_prefill must also get right: the GPUs'
+# (16 threads per row, more than lavapipe's subgroup of 8: rows reduced through workgroup
+# memory too), one whose row fits a subgroup, and the CPUs' tallest; each where lavapipe's
+# workgroup memory allows
+PREFILL_TILES = [dict(TX=16, TY=8), dict(TX=8, TY=8), dict(TX=4, TY=16)]
+
+
+def prefill_cases(rng, G):
+    """(rows, pos0): one query at position 0; a few rows at a random later position; and enough
+    rows for several tiles of query rows (ragged: rows·G not a multiple of the tile) over
+    several key blocks, with the causal diagonal crossing block edges."""
+    M = int(rng.integers(17, 46))
+    if M * G % 16 == 0:
+        M += 1
+    return [(1, 0), (int(rng.integers(2, 7)), int(rng.integers(1, 300))), (M, int(rng.integers(0, 120)))]
+
+
 def check_attention_prefill(dev, rng):
-    for nh, nkv, hd, _ in ATTN_SHAPES:
-        for M, pos0 in [(1, 0), (int(rng.integers(2, 7)), int(rng.integers(0, 300)))]:
+    for nh, nkv, hd in [s[:3] for s in ATTN_SHAPES] + [(8, 2, 128)]:
+        for n, (M, pos0) in enumerate(prefill_cases(rng, nh // nkv)):
             max_seq = 320
             shape = ops.Heads(nh, nkv, hd, max_seq)
-            K, V, kc, vc = random_cache(dev, rng, max_seq, nkv, hd, pos0 + M)
+            K, V, kc, vc = random_cache(dev, rng, max_seq, nkv, hd, pos0 + M)  # NaN from pos0 + M on
             q = rng.standard_normal((M, nh, hd)).astype(F32)
-            out = nan_buffer(dev, (M, nh * hd))
-            scores = dev.buffer(size=M * nh * max_seq * 4)
-            ops.submit(dev, [ops.attention_prefill(dev, step_uniform(dev, pos0), dev.buffer(q), kc, vc, scores, out,
-                                                   rows=M, shape=shape)])
-            close(dev.read(out, F32, (M, nh, hd)), ref.attention(q, K, V, pos0), 1e-5, "attention_prefill")
+            want = ref.attention(q, K, V, pos0)
+            tiles = [None] + [t for t in PREFILL_TILES if n == 2 and
+                              ops.flash_storage(hd, t["TX"], t["TY"]) <= dev.max_workgroup_storage]
+            for tile in tiles:
+                out = nan_buffer(dev, (M + 1, nh * hd))  # a row past the output: must stay NaN
+                ops.submit(dev, [ops.attention_prefill(dev, step_uniform(dev, pos0), dev.buffer(q), kc, vc, out,
+                                                       rows=M, shape=shape, config=tile)])
+                got = dev.read(out, F32, (M + 1, nh, hd))
+                close(got[:M], want, 1e-5, f"attention_prefill {shape} rows {M} at {pos0}, tile {tile}")
+                assert np.isnan(got[M]).all(), "attention_prefill wrote past its rows"
 
 
 def test_attention_prefill(dev, rng):
@@ -302,6 +324,22 @@ def test_expanded_gemv_source_is_plain_wgsl(tmp_path):
     assert "var acc3 = 0.0;" in text and "off[gi3]" in text and "// override R = 4" in text
 
 
+
+def test_expanded_flash_attention_source_is_plain_wgsl(tmp_path):
+    """attention_prefill's generated accumulators and prefetch registers: every placeholder
+    filled, named registers only (the GPUs' tile for hd = 128: NJ = 4 columns, NL = 16 loads)."""
+    dev = Device(dump_wgsl=str(tmp_path))
+    shape = ops.Heads(8, 2, 128, 64)
+    kv = dev.buffer(size=shape.cache_bytes(dev.act_type))
+    ops.attention_prefill(dev, step_uniform(dev, 0), dev.buffer(size=4 * 8 * 128 * 4), kv, kv,
+                          dev.buffer(size=4 * 8 * 128 * 4), rows=4, shape=shape, config=dict(TX=8, TY=8))
+    (f,) = tmp_path.glob("attention_prefill.main.*.wgsl")
+    text = f.read_text()
+    assert not re.search(r"^\s*//[@#]", text, re.M), "a placeholder or directive line is left"
+    assert "var o3_3 = vec4<f32>(0.0);" in text and "o3_4" not in text and "// override TX = 8" in text
+    assert "pv15 = load_kv(k0, kend, j, lid + 15u * WG, true);" in text and "pk16" not in text
+    assert not re.search(r"array<vec4<f32>, \d+>", text), "an indexed register array"
+
 # ---- planted bugs: each check above fails when its kernel is broken ----------------------
 
 PLANTED = [  # (check, shader, correct text, broken text)
@@ -309,8 +347,25 @@ PLANTED = [  # (check, shader, correct text, broken text)
     (check_embed, "embed", "t1[(id - P.rows0) * d4 + c]", "t1[id * d4 + c]"),  # 2nd table indexed by id
     (check_rope_kv, "rope", "a * c.x - b * c.y", "a * c.x + b * c.y"),  # RoPE's sign
     (check_rope_kv, "rope_kv", "let pos = S.pos0 + m;", "let pos = S.pos0;"),  # every row at pos0
-    (check_attention_prefill, "attention_prefill", "let L = S.pos0 + m + 1u;", "let L = S.pos0 + m;"),  # causal mask
-    (check_attention_prefill, "attention_common", "for (; t < Lc; t += ngroups)", "for (; t + 1u < Lc; t += ngroups)"),  # skips the last
+    # flash attention: a query that does not see itself (causal mask at the diagonal)
+    (check_attention_prefill, "attention_prefill", "kp > vec4<u32>(lim.x)", "kp >= vec4<u32>(lim.x)"),
+    # a tile that stops one position short (its last row misses its own key)
+    (check_attention_prefill, "attention_prefill", "let kend = S.pos0 + last / G + 1u;", "let kend = S.pos0 + last / G;"),
+    # online softmax without the rescale of the output and sums, or of the sums alone
+    (check_attention_prefill, "attention_prefill", "let alpha = exp2(mrow - mnew);", "let alpha = vec4<f32>(1.0);"),
+    (check_attention_prefill, "attention_prefill", "lsum = lsum * alpha +", "lsum = lsum +"),
+    # GQA: query heads of a key head interleaved instead of consecutive
+    (check_attention_prefill, "attention_prefill", "j * G + R % G;", "j + (R % G) * P.n_kv;"),
+    # a block's position past the tile read from the cache (NaN there) instead of zero
+    (check_attention_prefill, "attention_prefill", "k0 + c >= kend)", "k0 + c > kend)"),
+    # p·V skipping the first position of every block
+    (check_attention_prefill, "attention_prefill", "for (var c = 0u; c < BC; c++)", "for (var c = 1u; c < BC; c++)"),
+    # row maxima / sums across subgroups (workgroup memory) missing the last part
+    (check_attention_prefill, "attention_prefill", "for (var k = w; k < TX; k += w)", "for (var k = w; k + w < TX; k += w)"),
+    # outputs of padding rows (past the last query) or past the head written
+    (check_attention_prefill, "attention_prefill", "if (R < P.M * G && d4 < D4)", "if (d4 < D4)"),
+    (check_attention_prefill, "attention_prefill", "if (R < P.M * G && d4 < D4)", "if (R < P.M * G)"),
+    (check_attention_decode, "attention_common", "for (; t < Lc; t += ngroups)", "for (; t + 1u < Lc; t += ngroups)"),  # skips the last
     (check_attention_decode, "attention_decode", "let j = h / (P.n_heads / P.n_kv);", "let j = h % P.n_kv;"),  # GQA
     (check_attention_decode, "reduce", "t = max(t, red[i]);", "t = min(t, red[i]);"),  # a broken max
     (check_silu_mul, "silu_mul", "gu[i + 8u]", "gu[i + 4u]"),  # up read from the gate block

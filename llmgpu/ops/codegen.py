@@ -1,11 +1,11 @@
-"""The only generated WGSL: the GEMV's and GEMM's unrolled inner loops.
+"""The only generated WGSL: the GEMV's, GEMM's and flash attention's unrolled inner loops.
 
 Why generate at all: accumulators and prefetch registers must be *named* variables. The same
 loops over an indexed array (`var acc: array<f32, R>`) were measured 3× slower on NVIDIA,
 whose compiler placed the array in local memory. Everything else in the shaders is plain
 WGSL with `override` constants. Each function returns {placeholder: code}; the shader has a
-line `//@NAME` where the code goes (q4gsw_gemv.wgsl, q4gsw_gemm.wgsl). `llmgpu generate
---dump-wgsl DIR` writes the expanded sources, and tests/test_ops.py checks them.
+line `//@NAME` where the code goes (q4gsw_gemv.wgsl, q4gsw_gemm.wgsl, attention_prefill.wgsl).
+`llmgpu generate --dump-wgsl DIR` writes the expanded sources, and tests/test_ops.py checks them.
 """
 from __future__ import annotations
 
@@ -103,3 +103,27 @@ def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
             store += [f"    put({m}, {n} + {jj}u, c{i}_{j}.{comp});" for jj, comp in enumerate("xyzw")]
     return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store),
             "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
+
+
+def flash_snippets(NJ: int, NL: int) -> dict:
+    """attention_prefill.wgsl: the output accumulators of a thread's 4 query rows (i) and NJ
+    vec4 columns of the head (n: column tx + n·TX, clamped to the head for loads; `put` skips
+    the ones past it), their rescale by α, the p·V step at position c, the normalized store;
+    and NL registers each that carry a block's keys and values from global to workgroup memory."""
+    acc = [(i, n) for i in range(4) for n in range(NJ)]
+    xyzw = "xyzw"
+    decl = [f"    let dj{n} = min(tx + {n}u * TX, D4 - 1u);" for n in range(NJ)]
+    decl += [f"    var o{i}_{n} = vec4<f32>(0.0);" for i, n in acc]
+    decl += [f"    var {r}{n}: vec4<cache_t>;" for r in ("pk", "pv") for n in range(NL)]
+    pv = [f"            let b{n} = KV[c * RS + dj{n}];" for n in range(NJ)]
+    pv += [f"            o{i}_{n} = fma(vec4<f32>(a.{xyzw[i]}), b{n}, o{i}_{n});" for i, n in acc]
+    load = lambda r, k0, v: "\n".join(f"        {r}{n} = load_kv({k0}, kend, j, lid + {n}u * WG, {v});"  # noqa: E731
+                                      for n in range(NL))
+    store = lambda r: "\n".join(f"        store_kv(lid + {n}u * WG, {r}{n});" for n in range(NL))  # noqa: E731
+    return {"DECL": "\n".join(decl),
+            "LOAD_K": load("pk", "kl", "false"), "LOAD_V": load("pv", "k0", "true"),
+            "STORE_K": store("pk"), "STORE_V": store("pv"),
+            "RESCALE": "\n".join(f"        o{i}_{n} *= alpha.{xyzw[i]};" for i, n in acc),
+            "PV": "\n".join(pv),
+            "STORE": "\n".join(f"    put(r0 + 4u * ty + {i}u, tx + {n}u * TX, j, G, o{i}_{n} / l.{xyzw[i]});"
+                               for i, n in acc)}

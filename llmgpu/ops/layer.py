@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..gpu import Device
+from .codegen import flash_snippets
 from .core import Op, esize, make_op, need
 
 F32 = 4
@@ -178,20 +179,58 @@ def attention_decode(dev: Device, step, qkv, rope_table, k_cache, v_cache, score
                     float(shape.head_dim ** -0.5), float(eps)])
 
 
-def attention_prefill(dev: Device, step, q, k_cache, v_cache, scores, out, *, rows: int, shape: Heads) -> Op:
+# (TX, TY) of attention_prefill on a GPU, in order of preference: the first whose workgroup memory
+# fits. 32 rows × 64 positions for hd ≤ 64 (128 invocations, 35.5 KiB), 32 × 32 for hd = 128
+# (64 invocations, 38 KiB). Not yet measured against the others (bench/attention_probe.py --tiles).
+_FLASH_GPU = ((16, 8), (8, 16), (8, 8), (16, 4), (8, 4), (4, 4), (4, 2), (2, 2))
+
+
+def flash_storage(head_dim: int, TX: int, TY: int) -> int:
+    """Bytes of workgroup memory attention_prefill.wgsl declares: Qs, KV, Ps and red."""
+    rs, br, bc = head_dim // 4 + 1, 4 * TY, 4 * TX
+    return 16 * (br + bc) * rs + 16 * bc * (TY + 1) + 4 * br * TX
+
+
+def _flash_cpu(rows: int) -> tuple:
+    """CPU adapters (lavapipe, SmolLM2-135M's heads; bench/attention_probe.py): 16 positions per
+    block, and rows per tile as the query rows (·heads per key head) need: 16 below 128 rows (4
+    rows at position 256: 1.1 ms against 3.4 for 64-row tiles), 64 from 256 on (384 rows at 256:
+    35 ms against 53 for 16-row tiles, as each tile stages the keys and values again)."""
+    ty = 16 if rows >= 256 else 8 if rows >= 128 else 4
+    return tuple((4, t) for t in (16, 8, 4, 2) if t <= ty)
+
+
+def flash_config(dev: Device, head_dim: int, rows: int = 256) -> dict:
+    """Tile of attention_prefill for `rows` query rows (queries × query heads per key head): TX
+    threads along a block of 4·TX cache positions, TY along 4·TY rows; the first candidate that
+    fits the adapter's workgroup memory."""
+    for tx, ty in (_flash_cpu(rows) if dev.is_cpu else _FLASH_GPU):
+        if flash_storage(head_dim, tx, ty) <= dev.max_workgroup_storage and tx * ty <= dev.max_invocations:
+            return dict(TX=tx, TY=ty, WG=tx * ty)
+    raise ValueError(f"attention_prefill: no tile for head_dim {head_dim} fits {dev.name}'s "
+                     f"{dev.max_workgroup_storage} bytes of workgroup memory")
+
+
+def attention_prefill(dev: Device, step, q, k_cache, v_cache, out, *, rows: int, shape: Heads,
+                      config: dict | None = None) -> Op:
     """Prefill: causal attention of rows queries (q: (rows, q_dim) f32, rotated; row m at cache
-    position step.pos0 + m) over the cache, which rope_kv has filled. scores: (rows·n_heads,
-    max_seq) f32 scratch; out: (rows, q_dim) f32."""
+    position step.pos0 + m) over the cache, which rope_kv has filled; flash attention, no score
+    scratch. out: (rows, q_dim) f32. config: {TX, TY} (default: flash_config)."""
     _check_attention("attention_prefill", shape, dev.act_type, k_cache, v_cache)
     need("attention_prefill", "q", q, rows * shape.q_dim * F32)
-    need("attention_prefill", "scores", scores, rows * shape.n_heads * shape.max_seq * F32)
     need("attention_prefill", "out", out, rows * shape.q_dim * F32)
-    pipe = dev.pipeline("attention_prefill", consts={"WG": _attention_wg(dev, shape.head_dim // 4),
-                                                     "D4": shape.head_dim // 4,
-                                                     "SUBGROUPS": dev.has_subgroups},
-                        types={"cache_t": dev.act_type})
-    binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "sc": scores, "out": out}
-    return make_op(dev, pipe, binds, (shape.n_heads, rows, 1),
+    G = shape.n_heads // shape.n_kv
+    cfg = dict(config or flash_config(dev, shape.head_dim, rows * G))
+    cfg["WG"] = cfg["TX"] * cfg["TY"]
+    d4 = shape.head_dim // 4
+    pipe = dev.pipeline("attention_prefill", consts={**cfg, "D4": d4, "SUBGROUPS": dev.has_subgroups},
+                        types={"cache_t": dev.act_type},
+                        snippets=flash_snippets(-(-d4 // cfg["TX"]), -(-4 * d4 // cfg["TY"])))
+    tiles = -(-rows * G // (4 * cfg["TY"]))
+    if tiles > dev.max_groups:
+        raise ValueError(f"attention_prefill: {rows} rows are too many for one dispatch; prefill in chunks")
+    binds = {"S": step, "q": q, "kc": k_cache, "vc": v_cache, "out": out}
+    return make_op(dev, pipe, binds, (tiles, shape.n_kv, 1),
                    [rows, shape.n_heads, shape.n_kv, shape.head_dim, shape.max_seq, float(shape.head_dim ** -0.5)])
 
 
