@@ -7,8 +7,14 @@ log=$OUT/sweep.txt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$log" 2>&1
 for job in "$@"; do
   if [ "$job" = tests ]; then
-    timeout 240 python3 -m pytest -q -x tests/test_loop.py tests/test_gpu_sample.py tests/test_decode.py \
-      -p no:cacheprovider 2>&1 | tail -6 >> "$log"
+    timeout 300 python3 -m pytest -q tests/test_loop.py tests/test_gpu_sample.py tests/test_decode.py tests/test_kernels.py \
+      "tests/test_ops.py" -p no:cacheprovider 2>&1 | grep -E "^E  |passed|failed|^FAILED|Error" | head -40 >> "$log"
+    continue
+  fi
+  if [[ "$job" == pp:* ]]; then   # pp:SHAPE:P — prefill of P tokens
+    IFS=: read -r _ shape p <<< "$job"
+    timeout 200 python3 -m llmgpu.cli bench --shape "$shape" -p "$p" -n 0 -r 3 --stream-bytes $((256 << 20)) 2>&1 \
+      | grep -E "pp[0-9]|rror" >> "$log"
     continue
   fi
   IFS=: read -r shape variants extra <<< "$job"
