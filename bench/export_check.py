@@ -8,8 +8,8 @@ helper and calls this.)
 3. llmgpu gives the same from the source model; compared: top-1 agreement over the teacher-forced
    positions (asked: >= 0.95), the greedy answers, the tokenizations.
 With ``--compressed-tensors``: the same top-1 agreement for the compressed-tensors export run by
-transformers on the CPU (needs torch, transformers, compressed-tensors), which shows what re-quantizing
-weights with offsets costs.
+transformers on the CPU (needs torch, transformers, compressed-tensors; weights with offsets
+re-quantized, --requantize), which shows what that re-quantization costs.
 Exit status 1 when top-1 agreement is below --min-top1 or a tokenization differs.
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ def check_compressed_tensors(model: str, out: Path, ids: list[int], ours: np.nda
     ct = out / "export-ct"
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "llmgpu.cli", "export", model, "--to", "compressed-tensors", "-o",
-                        str(ct), "--force", "-q"], capture_output=True, text=True, check=True)
+                        str(ct), "--force", "--requantize", "-q"], capture_output=True, text=True, check=True)
     export_s = time.perf_counter() - t0
     m = transformers.AutoModelForCausalLM.from_pretrained(ct, dtype=torch.float32).eval()
     m.hf_quantizer.compressor.decompress_model(m)

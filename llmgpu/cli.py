@@ -420,7 +420,8 @@ def _export(args) -> int:
         return 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", export.RequantizedWarning)
-        out = export.export_compressed_tensors(ckpt, args.output, force=args.force, progress=not args.quiet)
+        out = export.export_compressed_tensors(ckpt, args.output, force=args.force, progress=not args.quiet,
+                                               requantize=args.requantize)
     for w in caught:
         _err(f"llmgpu: warning: {w.message}")
     _err(f"wrote {out} (compressed-tensors pack-quantized W4A16: symmetric int4 groups, lm_head unquantized)")
@@ -546,7 +547,7 @@ def _add_export(sub) -> None:
                                    "file, llama.cpp): Q4_0 (exact), Q4_1 for weights with offsets, the int8 "
                                    "lm_head as Q8_0, with tokenizer, chat template and architecture metadata. "
                                    "compressed-tensors (a directory, vLLM): pack-quantized W4A16, symmetric "
-                                   "int4 groups (exact; weights with offsets are re-quantized, with a warning), "
+                                   "int4 groups (exact; weights with offsets are refused unless --requantize), "
                                    "the lm_head unquantized, config.json with quantization_config, tokenizer "
                                    "files.")
     e.add_argument("model", help="a Hugging Face directory or hub id, a .gguf file or a q4gsw directory")
@@ -556,6 +557,9 @@ def _add_export(sub) -> None:
     e.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
                    help=f"q4gsw group size when quantizing a float checkpoint (default {DEFAULT_GROUP_SIZE})")
     e.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    e.add_argument("--requantize", action="store_true",
+                   help="compressed-tensors: re-quantize weights with offsets (e.g. from a Q4_1 GGUF) to symmetric "
+                        "int4, which changes them (a warning says by how much); without it they are refused")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     e.set_defaults(func=_export)
 

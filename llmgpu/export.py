@@ -25,10 +25,15 @@ compressed-tensors (:func:`export_compressed_tensors`), a Hugging Face directory
   scales, negative ones included) and ``weight_shape``; symmetric, ``strategy: group`` with the
   tensor's group size (one config group per group size, naming its layers, where they differ). Exact.
 * q4gsw with offsets (``w = s q + o``, e.g. every linear of a Q4_1 GGUF): symmetric int4 has no float
-  offset, so the weight is **re-quantized** (symmetric, same group size, llmgpu's own scale search on the
-  dequantized weight) and a warning gives the relative error and the largest change of one weight; no
-  weight moves by more than one step of its new scale. For weights identical to llmgpu's, export GGUF
-  (Q4_1 keeps offsets) or quantize the float model without ``--asymmetric``.
+  offset, so these are **refused** (:class:`OffsetsError`, nothing written) unless ``requantize``: then
+  each is re-quantized (symmetric, same group size, llmgpu's own scale search on the dequantized
+  weight) and a :class:`RequantizedWarning` gives the relative error and the largest change of one
+  weight; no weight moves by more than one step of its new scale (and f16 rounding of that scale).
+  Refused by default because the result is a different model: SmolLM2 from its Q4_1 GGUF, re-quantized
+  so, has an 8 % weight error and a top-1 agreement with llmgpu of 0.66 over 200 teacher-forced tokens
+  (``bench/export_check.sh ... -- --compressed-tensors``).
+  For weights identical to llmgpu's, export GGUF (Q4_1 keeps offsets) or quantize the float model
+  without ``--asymmetric``.
 * the int8 lm_head: vLLM's compressed-tensors quantizes linear layers only (not the lm_head), so it is
   written as its dequantized values (f32 where f16 would round them) and listed in ``ignore``;
   ``tie_word_embeddings`` is false, as llmgpu's lm_head is its own (quantized) tensor.
@@ -284,6 +289,10 @@ class RequantizedWarning(UserWarning):
     """Weights with offsets were re-quantized to symmetric int4 (the message says by how much)."""
 
 
+class OffsetsError(ValueError):
+    """Weights with offsets, which symmetric int4 cannot hold, and no permission to re-quantize them."""
+
+
 def symmetric(t: Q4Tensor) -> tuple[Q4Tensor, float, float]:
     """``t`` as symmetric q4gsw: itself (exact) or, when it has offsets, re-quantized from its dequantized
     values with the same group size. Returns (tensor, relative Frobenius error, largest absolute change)."""
@@ -411,11 +420,22 @@ def check_ct_target(out, source=None, force: bool = False) -> Path:
     return out
 
 
-def export_compressed_tensors(ckpt: Checkpoint, out, *, force: bool = False, progress: bool = True) -> Path:
+def export_compressed_tensors(ckpt: Checkpoint, out, *, force: bool = False, progress: bool = True,
+                              requantize: bool = False) -> Path:
     """Write ``ckpt`` as a compressed-tensors directory at ``out`` (see the module doc), atomically.
-    Weights with offsets are re-quantized with a :class:`RequantizedWarning`."""
+    Weights with offsets raise :class:`OffsetsError`, or with ``requantize`` are re-quantized with a
+    :class:`RequantizedWarning`."""
     from safetensors.numpy import save_file
 
+    q4 = [n for n, t in ckpt.tensors.items() if isinstance(t, Q4Tensor)]
+    offsets = [n for n in q4 if ckpt.tensors[n].offsets is not None]
+    if offsets and not requantize:
+        raise OffsetsError(
+            f"{len(offsets)} of {len(q4)} 4-bit weights have per-group offsets (w = s*q + o, e.g. {offsets[0]}: "
+            "from a Q4_1 GGUF or llmgpu quantize --asymmetric), which the symmetric int4 of compressed-tensors "
+            "cannot hold; pass --requantize (requantize=True) to re-quantize them, which changes the model (the "
+            "warning then says by how much), or export --to gguf (exact), or quantize the float model without "
+            "--asymmetric")
     out = check_ct_target(out, _source_path(ckpt), force)
     sweep_temp_dirs(out.parent, out.name)
     tmp = _temp_path(out, "tmp")
@@ -423,8 +443,7 @@ def export_compressed_tensors(ckpt: Checkpoint, out, *, force: bool = False, pro
     try:
         flat, qconfig, redone = compressed_tensors_state(ckpt, progress)
         if redone:
-            n4 = sum(isinstance(t, Q4Tensor) for t in ckpt.tensors.values())
-            warnings.warn(_requantized_message(redone, n4), RequantizedWarning, stacklevel=2)
+            warnings.warn(_requantized_message(redone, len(q4)), RequantizedWarning, stacklevel=2)
         save_file(flat, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         del flat
         for fname, obj in _hf_files(ckpt, qconfig).items():

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
 
 from llmgpu import cli  # noqa: E402
-from llmgpu.export import RequantizedWarning, export_compressed_tensors  # noqa: E402
+from llmgpu.export import OffsetsError, RequantizedWarning, export_compressed_tensors  # noqa: E402
 from llmgpu.loader import save_q4_checkpoint  # noqa: E402
 from llmgpu.quant import Q4Tensor, Q8Tensor, dequantize, quantize  # noqa: E402
 from llmgpu.tokenizer import render_chat  # noqa: E402
@@ -117,11 +117,14 @@ def test_mixed_group_sizes_get_one_scheme_each(tmp_path, rng):
         np.testing.assert_array_equal(sd[name], ours(t), err_msg=name)
 
 
-def test_offsets_are_requantized_within_the_stated_error(tmp_path, rng):
+def test_offsets_are_refused_or_requantized_within_the_stated_error(tmp_path, rng):
     ck = tiny(rng, 32, offsets=True)  # model.layers.1.mlp.up_proj.weight as a Q4_1 GGUF imports it
     name = "model.layers.1.mlp.up_proj.weight"
+    with pytest.raises(OffsetsError, match=rf"1 of 14 4-bit weights have per-group offsets .*{name}.*--requantize"):
+        export_compressed_tensors(ck, tmp_path / "ct", progress=False)
+    assert os.listdir(tmp_path) == []  # refused before anything was written
     with pytest.warns(RequantizedWarning) as rec:
-        out = export_compressed_tensors(ck, tmp_path / "ct", progress=False)
+        out = export_compressed_tensors(ck, tmp_path / "ct", progress=False, requantize=True)
     (w,) = rec
     msg = str(w.message)
     assert msg.startswith("1 of 14 4-bit weights have per-group offsets") and name in msg and "--to gguf" in msg
@@ -187,18 +190,23 @@ def test_cli_export_compressed_tensors(tmp_path, rng, capsys):
         "model.layers.0.mlp.gate_proj.weight"]), 64, asymmetric=True)[0]  # llmgpu quantize --asymmetric
     src = save_q4_checkpoint(ck, tmp_path / "q4")
     out = tmp_path / "ct"
-    assert cli.main(["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q"]) == 0
+    assert cli.main(["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.layers.0.mlp.gate_proj.weight" in err and "--requantize" in err
+    assert sorted(os.listdir(tmp_path)) == ["q4"]
+    assert cli.main(["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q", "--requantize"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("llmgpu: warning: 1 of 14 4-bit weights have per-group offsets")
     assert err[1].startswith(f"wrote {out} (compressed-tensors") and len(err) == 2
     assert quantization_config(out)["config_groups"]["group_0"]["weights"]["group_size"] == 64
     for argv, what in (([], "earlier compressed-tensors export; pass --force"),
                        (["-o", str(src)], "would overwrite the source")):
-        args = ["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q", *argv]
+        args = ["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q", "--requantize", *argv]
         assert cli.main(args) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("llmgpu: error: ") and what in err
     assert cli.main(["export", str(tmp_path / "nothing"), "--to", "compressed-tensors", "-o",
                      str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
-    assert cli.main(["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q", "--force"]) == 0
+    assert cli.main(["export", str(src), "--to", "compressed-tensors", "-o", str(out), "-q", "--force",
+                     "--requantize"]) == 0
