@@ -95,18 +95,24 @@ def main() -> int:
     g_l = [t for t in greedy_lcpp if t not in eos]
     same = next((i for i, (x, y) in enumerate(zip(greedy_ours, g_l)) if x != y), min(len(greedy_ours), len(g_l)))
     tok_ok = [llm.encode(t, chat_template=False) == got for t, got in zip(texts, lcpp_tokens)]
+    fork_gap = None  # where the greedy answers part: llmgpu's logit of its pick minus that of llama.cpp's
+    if same < min(len(greedy_ours), len(g_l)):
+        row = llm.logits(prompt + greedy_ours[:same])[-1]
+        fork_gap = float(row[greedy_ours[same]] - row[g_l[same]])
 
     res = {"model": model, "export_gguf_s": round(export_s, 1), "llama_cpp_s": round(lcpp_s, 1),
            "teacher_forced_tokens": len(ids), "top1_agreement": round(agree, 4),
            "differing_positions": differ.tolist(), "llmgpu_top2_gap_there": [round(float(m), 3) for m in margins],
            "max_abs_logit_diff_rel": round(rel, 4), "greedy_tokens": len(greedy_ours),
-           "greedy_same_prefix": same, "greedy_llmgpu": str(answer),
+           "greedy_same_prefix": same, "greedy_fork_gap": None if fork_gap is None else round(fork_gap, 3),
+           "greedy_llmgpu": str(answer),
            "greedy_llama_cpp": ck.tokenizer.decode(g_l), "tokenization_equal": tok_ok}
     print(f"export: {export_s:.1f} s; llama.cpp loaded {gguf_path.name} and ran {len(ids)} teacher-forced tokens")
     print(f"top-1 agreement llama.cpp vs llmgpu: {agree:.4f} over {len(ids)} positions "
           f"({len(differ)} differ; llmgpu's own top-2 gap there: {', '.join(f'{m:.3f}' for m in margins) or '-'}); "
           f"max |logit diff| / max |logit| {rel:.4f}")
-    print(f"greedy ({len(greedy_ours)} tokens): the same for the first {same}; llmgpu: {str(answer)[:120]!r}")
+    fork = "" if fork_gap is None else f" (there llmgpu's logits of the two picks differ by {fork_gap:.3f})"
+    print(f"greedy ({len(greedy_ours)} tokens): the same for the first {same}{fork}; llmgpu: {str(answer)[:120]!r}")
     print(f"{'':17}llama.cpp: {res['greedy_llama_cpp'][:120]!r}")
     print(f"tokenization of {len(texts)} texts (chat prompt included) equal: {all(tok_ok)} {tok_ok}")
 
