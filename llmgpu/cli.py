@@ -12,6 +12,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import traceback  # noqa: E402
+import warnings  # noqa: E402
 
 from . import checks  # noqa: E402
 from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ, SAMPLING_PLACES  # noqa: E402
@@ -410,11 +411,24 @@ def _export(args) -> int:
     from . import export
     from .loader import load_cached_or_quantize
 
-    if Path(args.output).expanduser().exists() and not args.force:  # before the (slow) load
-        raise FileExistsError(f"{args.output} exists; choose another -o or pass --force to replace it")
+    src = Path(args.model).expanduser()
+    if args.to == "gguf":  # the output checks come before the (slow) load
+        if Path(args.output).expanduser().exists() and not args.force:
+            raise FileExistsError(f"{args.output} exists; choose another -o or pass --force to replace it")
+    else:
+        export.check_ct_target(args.output, src if src.exists() else None, args.force)
     ckpt = load_cached_or_quantize(args.model, args.group_size, progress=not args.quiet)
-    out = export.export_gguf(ckpt, args.output, force=args.force, progress=not args.quiet)
-    _err(f"wrote {out} (GGUF: q4gsw as Q4_0/Q4_1, lm_head Q8_0)")
+    if args.to == "gguf":
+        out = export.export_gguf(ckpt, args.output, force=args.force, progress=not args.quiet)
+        _err(f"wrote {out} (GGUF: q4gsw as Q4_0/Q4_1, lm_head Q8_0)")
+        return 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", export.RequantizedWarning)
+        out = export.export_compressed_tensors(ckpt, args.output, force=args.force, progress=not args.quiet,
+                                               requantize=args.requantize)
+    for w in caught:
+        _err(f"llmgpu: warning: {w.message}")
+    _err(f"wrote {out} (compressed-tensors pack-quantized W4A16: symmetric int4 groups, lm_head unquantized)")
     return 0
 
 
@@ -532,16 +546,24 @@ def _add_serve(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    e = sub.add_parser("export", help="write the quantized model as a GGUF file (llama.cpp)",
-                       description="Write the model's q4gsw weights as GGUF for llama.cpp: Q4_0 (exact), Q4_1 "
-                                   "for weights with offsets, the int8 lm_head as Q8_0, with tokenizer, chat "
-                                   "template and architecture metadata. Written atomically.")
+    e = sub.add_parser("export", help="write the quantized model as GGUF (llama.cpp) or compressed-tensors (vLLM)",
+                       description="Write the model's q4gsw weights for another runtime, atomically. gguf (one "
+                                   "file, llama.cpp): Q4_0 (exact), Q4_1 for weights with offsets, the int8 "
+                                   "lm_head as Q8_0, with tokenizer, chat template and architecture metadata. "
+                                   "compressed-tensors (a directory, vLLM): pack-quantized W4A16, symmetric "
+                                   "int4 groups (exact; weights with offsets are refused unless --requantize), "
+                                   "the lm_head unquantized, config.json with quantization_config, tokenizer "
+                                   "files.")
     e.add_argument("model", help="a Hugging Face directory or hub id, a .gguf file or a q4gsw directory")
-    e.add_argument("--to", required=True, choices=("gguf",), help="the format to write")
-    e.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write")
+    e.add_argument("--to", required=True, choices=("gguf", "compressed-tensors"), help="the format to write")
+    e.add_argument("-o", "--output", required=True, metavar="PATH",
+                   help="the file (gguf) or directory (compressed-tensors) to write")
     e.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, choices=GROUP_SIZES,
                    help=f"q4gsw group size when quantizing a float checkpoint (default {DEFAULT_GROUP_SIZE})")
     e.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    e.add_argument("--requantize", action="store_true",
+                   help="compressed-tensors: re-quantize weights with offsets (e.g. from a Q4_1 GGUF) to symmetric "
+                        "int4, which changes them (a warning says by how much); without it they are refused")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     e.set_defaults(func=_export)
 

@@ -276,7 +276,7 @@ class Engine:
             job.cancel.set()
             if job in self.waiting:
                 self.waiting.remove(job)
-                self.cv.notify_all()
+            self.cv.notify_all()  # a change of state like any other: whoever waits on it re-checks
 
     def wait_until(self, predicate, timeout: float) -> bool:
         """Block until ``predicate()`` holds (checked under the lock at every change), or time out."""
@@ -387,6 +387,51 @@ def _choice(req: GenRequest, text: str | None, entries, finish: str | None, stre
 
 # ==== the HTTP app =============================================================================
 
+async def until_disconnect(receive) -> None:
+    """Return when the client has gone. The request body is read already, so the next ASGI message is
+    the disconnect (the server sends it as soon as the socket closes, whatever the response is doing)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream:
+    """A ``text/event-stream`` response (an ASGI app) that notices a client's disconnect by itself.
+
+    ``chunks`` (an async iterator of str) is sent while a watcher waits for the disconnect. When the
+    response ends, whichever way, ``on_close()`` runs: after a disconnect at once, while the sender may
+    still be waiting for a token the engine has not made yet (the engine then stops the job at its next
+    token); after the last chunk it is a no-op. Starlette's own StreamingResponse watches only for
+    servers that speak ASGI < 2.4 and otherwise relies on ``send`` raising, which uvicorn never does
+    for a closed connection (it drops the data): a stream whose client left would hold the GPU until its
+    last token.
+    """
+
+    def __init__(self, chunks, on_close):
+        self.chunks, self.on_close = chunks, on_close
+
+    async def _send_all(self, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
+                                (b"cache-control", b"no-cache")]})
+        async for chunk in self.chunks:
+            await send({"type": "http.response.body", "body": chunk.encode("utf-8"), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope, receive, send) -> None:
+        sender = asyncio.ensure_future(self._send_all(send))
+        watcher = asyncio.ensure_future(until_disconnect(receive))
+        try:
+            await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled (the server shuts down)
+            self.on_close()
+            for t in (sender, watcher):
+                t.cancel()
+            await asyncio.gather(sender, watcher, return_exceptions=True)
+            await self.chunks.aclose()  # its finally runs now, not whenever the garbage collector gets to it
+        if not sender.cancelled() and (e := sender.exception()) is not None and not isinstance(e, OSError):
+            raise e  # (OSError: the client is gone; ASGI 2.4 servers may raise it from send)
+
+
 async def _json_body(request) -> dict:
     try:
         body = json.loads(await request.body())
@@ -465,7 +510,7 @@ class Server:
         return await self._generate(request, parse_completion)
 
     async def _generate(self, request, parse):
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import JSONResponse
         self._auth(request)
         req = parse(await _json_body(request), self.llm)
         job = Job(req, asyncio.get_running_loop())
@@ -475,8 +520,7 @@ class Server:
                 "object": "chat.completion" if req.kind == "chat" else "text_completion",
                 "created": int(time.time()), "model": self.name, "system_fingerprint": f"llmgpu-{self.boot}"}
         if req.stream:
-            return StreamingResponse(self._stream(job, head), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return EventStream(self._stream(job, head), lambda: self.engine.cancel(job))
         return JSONResponse(await self._complete(request, job, head))
 
     async def _events(self, job: Job):
@@ -490,9 +534,7 @@ class Server:
             yield text, lps
 
     async def _watch(self, request, job: Job) -> None:
-        # the body is read, so the next ASGI message is the disconnect (uvicorn sends it when the socket closes)
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        await until_disconnect(request.receive)
         self.engine.cancel(job)
 
     async def _complete(self, request, job: Job, head: dict) -> dict:
@@ -512,7 +554,7 @@ class Server:
         req = job.req
         head = {**head, "object": "chat.completion.chunk" if req.kind == "chat" else "text_completion"}
         extra = {"usage": None} if req.include_usage else {}
-        try:  # starlette cancels this generator when the client disconnects: the finally frees the GPU
+        try:  # EventStream cancels this generator when the client disconnects; the finally frees the GPU
             if req.kind == "chat":
                 yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                  "logprobs": None, "finish_reason": None}], **extra})
