@@ -23,13 +23,16 @@ SCHEDULES = {"ops": "ops", "pers": "persistent", "phased": "phased"}
 def parse(name: str):
     """A variant name: SCHEDULE[-TOKEN...], SCHEDULE ops | pers | phased; tokens: cpu (sampling on
     the CPU; default gpu), qKxA (K steps a submission, A queued), wN (N workgroups), divN (the
-    discovered workgroups / N), NAME=INT (a kernel override, e.g. TPR=8, UNROLL=8).
+    discovered workgroups / N), NAME=INT (a kernel override, e.g. TPR=8, UNROLL=8), fuse (ops
+    schedule: Model.fuse_norms).
     -> (schedule, sampling, queue, config, workgroups or ("div", N))"""
     head, *toks = name.split("-")
     sampling, queue, config, wg = "gpu", {}, {}, None
     for t in toks:
         if t == "cpu":
             sampling = "cpu"
+        elif t == "fuse":  # ops: the norms in the residual GEMVs' last workgroup
+            config["fuse_norms"] = 1
         elif t.startswith("q") and "x" in t:
             k, a = t[1:].split("x")
             queue = dict(per_submit=int(k), ahead=int(a))
@@ -47,6 +50,11 @@ def parse(name: str):
 
 def configure(m, schedule, sampling, queue, config, workgroups):
     m.gpu_sampling, m.loop_queue = sampling == "gpu", dict(queue)
+    config = dict(config)
+    fuse = bool(config.pop("fuse_norms", 0))
+    if fuse != m.fuse_norms:
+        m.fuse_norms = fuse
+        m._steps = {k: v for k, v in m._steps.items() if k[0] == "kernel"}
     if m.kernel is not None:
         m.kernel.config, m.kernel.workgroups = dict(config), None
         m.kernel._ops.clear()

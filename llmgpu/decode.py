@@ -227,11 +227,12 @@ class DecodeKernel:
         return self._ops[schedule]
 
     def launch_workgroups(self) -> int:
-        """Workgroups of a persistent launch: half of what the discovery counts resident. On an
-        H200 (BENCHMARKS.md) a launch of the full count timed out its barrier (1B: 528, 135M: 792)
-        and half held; tg128 by workgroups: 1B 707 / 626 t/s at 132 / 264, 8B 246 / 232 / 183 at
-        132 / 264 / 66, 135M 755 / 725 at 132 / 264 (discovered: 528, 264, 792)."""
-        return max(1, self.resident_workgroups() // 2)
+        """Workgroups of a persistent launch: half of what the discovery counts resident, at most
+        256. On an H200 (BENCHMARKS.md) a launch of the full count timed out its barrier (1B: 528,
+        135M: 792), and 528 sometimes did even where 1056 were counted; 264 and fewer always
+        held. tg128 by workgroups: 1B 707 / 626 t/s at 132 / 264, 8B 246 / 232 / 183 at 132 / 264
+        / 66, 135M 755 / 725 / 747 at 132 / 264 / 396 (discovered: 528, 264, 792)."""
+        return max(1, min(256, self.resident_workgroups() // 2))
 
     def resident_workgroups(self, launch: int = 4096) -> int:
         """How many workgroups of the persistent pipeline run at once on this adapter (discover()

@@ -9,8 +9,8 @@ step j − 1 sampled (at cache position p0 + j − 1) and samples the next. Each
 so consecutive steps need nothing from the CPU: up to `per_submit` steps go into one command
 buffer (1, 2, 4, ... at the start, so that the first tokens arrive soon) and `ahead` command
 buffers are queued at once, while the CPU reads the ids of the oldest (4 words a step, not the
-logits). Measured on an H200 (BENCHMARKS.md): 16 steps × 2 buffers beat 4 × 2 and 8 × 2 on the 8B
-shape (363 vs 309 t/s) and match 8 × 3 elsewhere. The CPU decides to stop (end-of-sequence, a stop string, max_tokens)
+logits). Measured on an H200 (BENCHMARKS.md): 8 steps × 3 buffers and 16 × 2 beat 4 × 2 and
+8 × 2 by 10-25 %, and neither of them wins everywhere; 8 × 3 wastes fewer steps at a stop. The CPU decides to stop (end-of-sequence, a stop string, max_tokens)
 after the GPU has already run up to `per_submit · ahead − 1` steps more: their cache entries lie
 beyond the accepted position, so the cache is rewound (`KVCache.truncate`) and they are
 overwritten later; their tokens are never shown.
@@ -51,7 +51,7 @@ def position_records(model):
 
 def default_queue(dev) -> tuple[int, int]:
     """(per_submit, ahead) by adapter: a CPU adapter runs one step at a time (each costs ~0.1 s)."""
-    return (1, 1) if dev.is_cpu else (16, 2)
+    return (1, 1) if dev.is_cpu else (8, 3)
 
 
 class TokenLoop:

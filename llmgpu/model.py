@@ -1,13 +1,11 @@
 """The model on the GPU: weights, the KV cache, and prefill / decode as lists of kernel ops.
 
-A decode step (one token) is, per layer (`Model.decode_layer`), five dispatches:
+A decode step (one token) is, per layer (`Model.decode_layer`), seven dispatches:
 
-    QKV GEMV (+bias) │ attention_decode (q/k norm, RoPE, cache write, → int8)
-    │ O GEMV (+= h; its last workgroup: rmsnorm → int8) │ gate/up GEMV (→ silu·mul → int8)
-    │ down GEMV (+= h; its last workgroup: the next layer's rmsnorm → int8)
+    rmsnorm → int8 │ QKV GEMV (+bias) │ attention_decode (q/k norm, RoPE, cache write, → int8)
+    │ O GEMV (+= h) │ rmsnorm → int8 │ gate/up GEMV (→ silu·mul → int8) │ down GEMV (+= h)
 
-(the first layer's norm is a dispatch of its own, and so is each norm where the adapter lacks
-coherent storage), then the head: final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens
+(five with `fuse_norms`: each norm in the last workgroup of the residual GEMV before it), then the head: final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens
 (`Model.prefill_layer`) runs the same layer through the GEMM on f32 activations, with separate
 rope_kv and silu_mul dispatches (a query there needs keys that other workgroups write).
 
@@ -249,6 +247,7 @@ class Model:
         self.gpu_sampling = sampling == "gpu" or (sampling == "auto" and not dev.is_cpu)
         self._pos_records = None  # loop.position_records
         self.loop_queue: dict = {}  # TokenLoop's per_submit / ahead (empty: its defaults for the adapter)
+        self.fuse_norms = False  # decode_layer: norms in the residual GEMVs' last workgroup (slower on an H200)
 
     @classmethod
     def load(cls, source=None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
@@ -285,9 +284,10 @@ class Model:
 
     # ---- one layer, as the GPU runs it ----------------------------------------------------
     def decode_layer(self, i: int) -> list[Op]:
-        """Layer i for one token (row 0 of h). With int8 activations, the MLP norm runs in the last
-        workgroup of the O projection and the next layer's attention norm in that of the down
-        projection (ops.gemv's norm_after; a norm op where the GEMV cannot)."""
+        """Layer i for one token (row 0 of h). With int8 activations and `fuse_norms`, the MLP norm
+        runs in the last workgroup of the O projection and the next layer's attention norm in
+        that of the down projection (ops.gemv's norm_after; a norm op where the GEMV cannot).
+        Off by default: on an H200 it made decode slower (BENCHMARKS.md)."""
         L, b, dev, cfg = self.layers[i], self.buf, self.dev, self.config
         x, att, act = (b.x8, b.att8, b.act8) if self.q8 else (b.xn, b.att, b.act)
         d, eps = cfg.hidden_size, cfg.rms_norm_eps
@@ -296,6 +296,13 @@ class Model:
         else:
             att_ops = [self._attention_decode(i, att)]
         if not self.q8:
+            return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=eps),
+                    *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"), *att_ops,
+                    *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),
+                    ops.rmsnorm(dev, b.h, L.mlp_norm, x, rows=1, dim=d, eps=eps),
+                    *self._swiglu_decode(L, x, act),
+                    *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32")]
+        if not self.fuse_norms:
             return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=eps),
                     *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"), *att_ops,
                     *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),

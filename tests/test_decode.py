@@ -86,6 +86,19 @@ def test_kernel_shapes_for_sweeps_give_the_same_logits(rng, config):
     assert m_ok(got) and rel(got, ops) < INT8_PATHS, f"{rel(got, ops):.2e}"
 
 
+def test_norms_fused_into_the_residual_gemvs(tmp_path, rng):
+    """Model.fuse_norms: the same logits as separate norm dispatches, two fewer dispatches a layer."""
+    ckpt, _ = make_checkpoint(tmp_path, "qwen2", rng)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 9)]
+    plain = Model(ckpt, dev=get_device(), max_seq=32, decode="ops")
+    fused = Model(ckpt, dev=get_device(), max_seq=32, decode="ops")
+    fused.fuse_norms = True
+    a, b = decode_run(plain, ids, 4), decode_run(fused, ids, 4)
+    assert rel(a, b) < INT8_PATHS, f"{rel(a, b):.2e}"
+    L = len(plain.layers)
+    assert len(plain.step_ops(1)) - len(fused.step_ops(1)) == 2 * L - 1
+
+
 def m_ok(x):
     return np.isfinite(x).all() and np.abs(x).max() > 0
 
@@ -143,7 +156,7 @@ def test_persistent_equals_phased_on_a_gpu(tmp_path, rng, arch):
             Model(ckpt, dev=dev, max_seq=320, decode="persistent")
         return
     ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 300)]
-    for workgroups in (None, 7, 300):
+    for workgroups in (None, 7, 200):
         m = Model(ckpt, dev=dev, max_seq=320, chunk=64, decode="persistent")
         if workgroups:
             m.kernel.workgroups = workgroups

@@ -382,6 +382,9 @@ def test_planted_bug_is_caught(rng, check, shader, good, bad, fast):
     dev = Device(f16=None if fast else False, subgroups=None if fast else False)
     src = dev._source(shader)
     assert good in src, "the planted bug's anchor text is gone: update PLANTED"
+    if "k + w < TX" in bad and dev.has_subgroups and dev.subgroup_size >= max(t["TX"] for t in PREFILL_TILES):
+        pytest.skip(f"subgroups of {dev.subgroup_size} hold a whole row of every tile: the cross-subgroup "
+                    "path is not taken here (lavapipe's 8-wide subgroups take it)")
     if shader == "reduce" and not dev.has_subgroups:
         good, bad = "red[lid] = max(red[lid], red[lid + s]);", "red[lid] = min(red[lid], red[lid + s]);"
     dev._sources[shader] = src.replace(good, bad)
