@@ -21,9 +21,12 @@ def test_exports():
 
 def test_load_passes_options(monkeypatch):
     cls = install(monkeypatch)
-    llm = llmgpu.load(max_seq=100, group_size=64, adapter="lavapipe", progress=False)
+    llm = llmgpu.load(max_seq=100, group_size=64, adapter="lavapipe", progress=False, sampling="cpu")
     assert isinstance(llm, LLM) and isinstance(llm.model, cls) and llm.model.max_seq == 100
-    assert cls.loads == [dict(source=None, group_size=64, max_seq=100, adapter="lavapipe", progress=False)]
+    assert cls.loads == [dict(source=None, group_size=64, max_seq=100, adapter="lavapipe", progress=False,
+                              decode="auto", sampling="cpu")]
+    with pytest.raises(ValueError, match="sampling must be one of auto, gpu, cpu"):
+        llmgpu.load(sampling="tpu")
     with pytest.raises(FileNotFoundError):
         llmgpu.load("no/such-model")
 

@@ -65,9 +65,11 @@ def test_generate_flushes_every_piece(monkeypatch, capsys):
 def test_generate_flags_reach_the_model(monkeypatch, capsys):
     cls = install(monkeypatch, script="Hello world! How are you?")
     rc, out, err = run(capsys, "--adapter", "lavapipe", "generate", "--model", "fake", "--ctx", "100",
-                       "--group-size", "64", "--stop", "How", "--stop", "zzz", "-n", "50", "Hi")
+                       "--group-size", "64", "--stop", "How", "--stop", "zzz", "-n", "50", "--decode", "phased",
+                       "--sampling", "gpu", "Hi")
     assert rc == 0 and out == "Hello world! \n"
-    assert cls.loads == [dict(source="fake", group_size=64, max_seq=100, adapter="lavapipe", progress=True)]
+    assert cls.loads == [dict(source="fake", group_size=64, max_seq=100, adapter="lavapipe", progress=True,
+                              decode="phased", sampling="gpu")]
     rc, out, _ = run(capsys, "generate", "--temperature", "0", "--max-tokens", "2", "Hi")
     assert out == "Hello world\n"
 
