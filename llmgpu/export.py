@@ -410,13 +410,8 @@ def check_ct_target(out, source=None, force: bool = False) -> Path:
             "quantization_config"]["quant_method"] == "compressed-tensors"
     except (OSError, ValueError, KeyError, TypeError):
         ours = False
-    if not ours:
-        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-        raise FileExistsError(f"{out} exists and is not a compressed-tensors export (it holds {shown}); llmgpu "
-                              "never replaces other files: choose a new output path")
-    if not force:
-        raise FileExistsError(f"{out} holds an earlier compressed-tensors export; pass --force to replace it, or "
-                              "choose another -o")
+    from .loader import check_replace
+    check_replace(out, names, ours, "compressed-tensors export", force)
     return out
 
 

@@ -767,12 +767,18 @@ def check_output_path(out: Path, source: Path | None = None, force: bool = False
     names = {p.name for p in out.iterdir()}
     if not names:
         return
-    if not ("llmgpu.json" in names and names <= _Q4_FILES):
+    check_replace(out, names, "llmgpu.json" in names and names <= _Q4_FILES, "llmgpu output", force, "an")
+
+
+def check_replace(out: Path, names: set, ours: bool, what: str, force: bool, article: str = "a") -> None:
+    """An output directory `out` that holds `names`: refuse to replace it unless it is an earlier
+    `what` (ours) and force is given, with a one-line error that says which."""
+    if not ours:
         shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-        raise FileExistsError(f"{out} exists and is not an llmgpu output (it holds {shown}); llmgpu never "
+        raise FileExistsError(f"{out} exists and is not {article} {what} (it holds {shown}); llmgpu never "
                               "replaces other files: choose a new output path")
     if not force:
-        raise FileExistsError(f"{out} holds an earlier llmgpu output; pass --force (force=True) to replace "
+        raise FileExistsError(f"{out} holds an earlier {what}; pass --force (force=True) to replace "
                               "it, or choose a new output path")
 
 
