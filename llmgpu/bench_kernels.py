@@ -91,7 +91,7 @@ def _bench_gemm(dev, lins, M, route_cfgs, reps, rng, log) -> dict:
                          max(2, reps // 20))
             tf = 2 * M * N * K / t / 1e12
             if log:
-                log(f"gemm {route} {M}x{N}x{K} {cfg}: {tf:.2f} TFLOP/s")
+                log(f"gemm {route} {M}x{N}x{K} {cfg}: {t * 1e3:.3f} ms, {tf:.3g} TFLOP/s")
             if f"gemm_{route}_ms" not in best or t * 1e3 < best[f"gemm_{route}_ms"]:
                 best.update({f"gemm_{route}_ms": t * 1e3, f"gemm_{route}_tflops": tf, f"gemm_{route}_config": cfg})
             if "gemm_ms" not in best or t * 1e3 < best["gemm_ms"]:
@@ -309,7 +309,7 @@ def run(args) -> int:
         if not args.no_gemv:
             line += f" {r['gemv_us']:>9.1f} {r['gemv_gbs']:>8.1f} {r['roofline_pct']:>6.1f}%"
         if "gemm_ms" in r:
-            line += f" {r['M']:>7}" + "".join(f" {r.get(f'gemm_{x}_tflops', float('nan')):>10.2f}" for x in routes)
+            line += f" {r['M']:>7}" + "".join(f" {r.get(f'gemm_{x}_tflops', float('nan')):>10.3g}" for x in routes)
         print(line)
     return 0
 
