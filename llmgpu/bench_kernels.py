@@ -217,11 +217,11 @@ GEMM_SWEEP_CPU = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=64, BN=64, TM=8, TN=8)
                   dict(BM=16, BN=128, TM=16, TN=16), dict(BM=16, BN=64, TM=16, TN=16),
                   dict(BM=32, BN=128, TM=16, TN=16), dict(BM=64, BN=128, TM=16, TN=16),
                   dict(BM=64, BN=128, TM=8, TN=16), dict(BM=128, BN=64, TM=16, TN=16)]
-GEMM_I8_SWEEP_CPU = [dict(BM=8, BN=64, TM=8, TN=8, KB=2), dict(BM=8, BN=128, TM=8, TN=16, KB=2),
-                     dict(BM=16, BN=64, TM=16, TN=8, KB=2), dict(BM=16, BN=64, TM=8, TN=8, KB=2),
-                     dict(BM=32, BN=64, TM=8, TN=8, KB=2), dict(BM=32, BN=64, TM=16, TN=16, KB=2),
-                     dict(BM=64, BN=64, TM=8, TN=8, KB=2), dict(BM=32, BN=64, TM=8, TN=8, KB=4),
-                     dict(BM=32, BN=64, TM=8, TN=8, KB=2, EXPAND=True), dict(BM=64, BN=64, TM=4, TN=4, KB=2)]
+GEMM_I8_SWEEP_CPU = [dict(BM=8, BN=128, TM=8, TN=16, KB=2), dict(BM=16, BN=128, TM=16, TN=16, KB=2),
+                     dict(BM=16, BN=64, TM=16, TN=16, KB=2), dict(BM=32, BN=64, TM=16, TN=16, KB=4),
+                     dict(BM=32, BN=128, TM=16, TN=16, KB=4), dict(BM=64, BN=128, TM=16, TN=16, KB=4),
+                     dict(BM=64, BN=128, TM=16, TN=16, KB=2), dict(BM=64, BN=64, TM=16, TN=16, KB=4),
+                     dict(BM=32, BN=64, TM=8, TN=8, KB=2), dict(BM=32, BN=64, TM=16, TN=16, KB=2, EXPAND=True)]
 GEMM_F16_SWEEP_CPU = [dict(BM=8, BN=128, TM=8, TN=16), dict(BM=16, BN=128, TM=16, TN=16),
                       dict(BM=64, BN=128, TM=16, TN=16)]
 

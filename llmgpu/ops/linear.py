@@ -170,11 +170,11 @@ def _i8_gemm_config(dev: Device, M: int, N: int) -> dict:
     step, EXPAND: weights unpacked to int8 once per tile in workgroup memory rather than by every
     invocation. GPUs: by the f32 GEMM's rule of output tiles (unmeasured on a GPU when written;
     bench/device_gemm.sh sweeps them). CPU adapters: from the lavapipe sweep (BENCHMARKS.md)."""
-    if dev.is_cpu:
+    if dev.is_cpu:  # as the f32 route's: 16×16 per invocation, the row tile as tall as M needs
         BM = 8
-        while BM < min(M, 32):
+        while BM < min(M, 64):
             BM *= 2
-        cfg = dict(BM=BM, BN=64, TM=min(8, BM), TN=8, KB=2, EXPAND=False)
+        cfg = dict(BM=BM, BN=128, TM=min(16, BM), TN=16, KB=2 if BM <= 16 else 4, EXPAND=False)
     elif M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
         cfg = dict(BM=128, BN=128, TM=8, TN=4, KB=2, EXPAND=False)
     elif M >= 128:
