@@ -303,7 +303,7 @@ def run(args) -> int:
 
 def _print_csv(rows, label, adapter) -> None:
     out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
+    w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "gemm", "bytes_per_token", "gbs",
                                          "roofline_pct", "encode_ms", "schedule", "dispatches", "phases",
                                          "barriers", "workgroups"])
     w.writeheader()

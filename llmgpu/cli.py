@@ -76,7 +76,7 @@ def _add_model_args(p, ctx_default=DEFAULT_MAX_SEQ):
                         "only), auto (ops for now: the decode kernel is not yet the faster; the default)")
     p.add_argument("--gemm", default="auto", choices=("auto", *GEMM_ROUTES),
                    help="prefill GEMM: f32 (FMA), i8 (int8 dot products on int8 activations), f16 (FMA in "
-                        "f16, where the adapter has shader-f16), auto (the adapter's measured best; the default)")
+                        "f16, where the adapter has shader-f16), auto (by adapter class, ops/linear.py; the default)")
 
 
 def _add_sampling_args(p, max_tokens):

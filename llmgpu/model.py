@@ -220,7 +220,8 @@ class Model:
         "phased" / "persistent" (the decode kernel, llmgpu/decode.py: one dispatch per phase, or one
         per token with grid barriers), "auto" (ops, until the decode kernel is the faster one).
         gemm: the prefill GEMM route (ops.GEMM_ROUTES: f32, i8 on int8 activations, f16), or
-        "auto" (the adapter class's measured best, ops/linear.py)."""
+        "auto" (the adapter class's measured best, ops/linear.py; f32 in place of i8 when q8 is
+        off, so that q8=False means float activations everywhere)."""
         self.ckpt = ckpt
         self.config = cfg = ckpt.config
         check_dims(cfg)
@@ -229,6 +230,8 @@ class Model:
         self.device_name = dev.name
         self.q8, self.head_q8 = q8, q8 and head_q8
         self.gemm = ops.gemm_route(dev, gemm)
+        if gemm == "auto" and self.gemm == "i8" and not q8:  # no int8 activations: the float route
+            self.gemm = "f32"
         self.heads = Heads(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.max_seq)
         # Prefill chunk: bounded so that the attention scratch fits one storage binding.
         self.chunk = max(1, min(chunk, dev.max_binding // (self.heads.n_heads * self.max_seq * F32)))
