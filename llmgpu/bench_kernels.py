@@ -4,10 +4,10 @@ For each shape it prints the GEMV's time, the GB/s of weight + scale bytes it mo
 percentage of the streaming-read bandwidth measured in the same run by a plain WGSL read
 kernel (the roofline), and the GEMM's TFLOP/s-equivalent (2·M·N·K / time) at M = 512 for each
 prefill GEMM route the adapter runs (f32 FMA, int8 dot products on activations quantized
-beforehand, f16 FMA; ops/linear.py). It also reports what the adapter offers beyond that: whether
-a cooperative-matrix (tensor core) feature is listed and granted, and the WGSL language features. Weights are random q4gsw created
-in packed form; several copies are rotated so that repeated runs stream from memory, not
-from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
+beforehand, f16 FMA; ops/linear.py). It also reports what the adapter offers beyond that:
+whether a cooperative-matrix (tensor core) feature is listed and granted, and the WGSL language
+features. Weights are random q4gsw created in packed form; several copies are rotated so that
+repeated runs stream from memory, not from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
 waiting for the GPU: the gaps between dispatches count, as they do in a model.
 """
 from __future__ import annotations

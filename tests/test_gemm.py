@@ -106,8 +106,9 @@ def check_i8_exact(dev, rng, configs=(None,), shapes=SHAPES):
         for cfg in configs:
             got = run_i8(dev, t, q, d, config=cfg)
             bad = np.argwhere(got != want)
+            first = tuple(bad[0]) if len(bad) else None
             assert not len(bad), (f"{M}x{N}x{K} g{gs} offsets={off} {cfg}: {len(bad)} outputs differ from the "
-                                  f"integer model, first at {tuple(bad[0])}: {got[tuple(bad[0])]} != {want[tuple(bad[0])]}")
+                                  f"integer model, first at {first}: {got[first]} != {want[first]}")
 
 
 def random_inputs(rng, M, N, K, gs, off):
@@ -231,7 +232,8 @@ PLANTED = [  # (check, shader, correct text, broken text)
     (check_i8_exact_few, "q4gsw_gemm_i8", "    o = off[g];", "    o = 0.0 * off[g];"),  # offsets dropped
     (check_i8_exact_few, "q4gsw_gemm_i8", "v.x * (v.y / 8.0)", "v.x * v.y"),  # offsets times 8·Σx
     # scales read with the row stride of groups of 32: another row's group unless GS = 32
-    (check_i8_exact_few, "q4gsw_gemm_i8", "let g = n * (P.K / GS) + b * 32u / GS;", "let g = n * (P.K / 32u) + b * 32u / GS;"),
+    (check_i8_exact_few, "q4gsw_gemm_i8", "let g = n * (P.K / GS) + b * 32u / GS;",
+     "let g = n * (P.K / 32u) + b * 32u / GS;"),
     (check_i8_exact_few, "q4gsw_gemm_i8", "b * 32u / GS", "b * 32u / 64u"),  # a block's group as if GS = 64
     (check_i8_exact_few, "q4gsw_gemm_i8", "MAGIC - u32(i32(v.y))", "MAGIC"),  # nibble n taken as q, not n - 8
     (check_i8_exact_few, "q4gsw_gemm_i8", "if (m < P.M && n < P.N) {", "if (m < P.M && n + 1u < P.N) {"),  # tile edge

@@ -160,7 +160,7 @@ def test_prefill_gemm_routes_match_transformers(tmp_path, rng, arch):
         bound = {"i8": 0.1, "f16": 2.5e-2}.get(route, 1e-2)
         assert rel(got, ref) < bound, f"{route} prefill logits: {rel(got, ref):.2e}"
         picked = ref[np.arange(len(ref)), got.argmax(1)]
-        assert np.all(picked >= ref.max(1) - 2 * bound * np.abs(ref).max()), f"{route}: a top token far from the reference's"
+        assert np.all(picked >= ref.max(1) - 2 * bound * np.abs(ref).max()), f"{route}: a top token far from the reference"
         if route == "i8":  # the int8 GEMM ran, with the extra quantize dispatch per layer
             names = [op.name for op in m.step_ops(8, False)]
             assert names.count("q4gsw_gemm_i8:main") == 4 * BASE["num_hidden_layers"]

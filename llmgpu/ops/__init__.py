@@ -14,12 +14,11 @@ records them into command buffers. Bindings are matched by the names the shaders
 from .core import Op, encode, submit
 from .layer import (EmbeddingTable, Heads, Q8Act, attention_decode, attention_prefill, embed, q8_act,
                     quantize_q8, rmsnorm, rope_kv, silu_mul)
-from .linear import (GEMM_ROUTE, GEMM_ROUTES, Q4Linear, gemm, gemm_config, gemm_route, gemm_routes, gemv, gemv_config, linear,
-                     run_linear, silu_gemv_config)
+from .linear import (GEMM_ROUTE, GEMM_ROUTES, Q4Linear, gemm, gemm_config, gemm_route, gemm_routes, gemv,
+                     gemv_config, linear, run_linear, silu_gemv_config)
 from .sample import GpuSampler, check_out, sample, sample_config
 
 __all__ = ["Op", "encode", "submit", "EmbeddingTable", "Heads", "Q8Act", "attention_decode", "attention_prefill",
-           "embed", "q8_act", "quantize_q8", "rmsnorm", "rope_kv", "silu_mul", "GEMM_ROUTE", "GEMM_ROUTES", "Q4Linear", "gemm",
-           "gemm_config", "gemm_route", "gemm_routes",
-           "gemv", "gemv_config", "linear", "run_linear", "silu_gemv_config", "GpuSampler", "check_out", "sample",
+           "embed", "q8_act", "quantize_q8", "rmsnorm", "rope_kv", "silu_mul", "GEMM_ROUTE", "GEMM_ROUTES",
+           "Q4Linear", "gemm", "gemm_config", "gemm_route", "gemm_routes", "gemv", "gemv_config", "linear", "run_linear", "silu_gemv_config", "GpuSampler", "check_out", "sample",
            "sample_config"]
