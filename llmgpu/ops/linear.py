@@ -237,6 +237,9 @@ def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
     route = "i8" if q8 else route
     cfg = dict(config or gemm_config(dev, rows, lin.N, route))
     cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
+    if gemm_workgroup_bytes(cfg, route) > dev.max_workgroup_storage:  # (wgpu does not check override-sized arrays)
+        raise ValueError(f"GEMM tile {cfg} needs {gemm_workgroup_bytes(cfg, route)} bytes of workgroup memory; "
+                         f"{dev.name} has {dev.max_workgroup_storage}")
     consts = {**cfg, **lin.flags(), "RESIDUAL": residual}
     if q8:
         consts.setdefault("KB", 2)
