@@ -8,7 +8,7 @@
 #   source .device/setup.sh; bash bench/device_gemm.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-exec > >(tee "$OUT/gemm.log") 2>&1
+main() {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 git log -1 --format='commit %h %s' 2>/dev/null
 
@@ -33,3 +33,5 @@ for s in smollm2-135m llama-3.2-1b llama-3.1-8b; do
   python3 -m llmgpu bench --shape "$s" -p 512 -n 0 -r 3 --gemm f32,i8,f16 --json > "$OUT/pp-$s.json"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(d['model'], r['test'], round(r['tps'], 1), '+-', round(r['sd'], 1)) for r in d['rows']]" "$OUT/pp-$s.json"
 done
+}
+main 2>&1 | tee "$OUT/gemm.log"
