@@ -148,7 +148,7 @@ def _bench_model(args, dev):
         label = str(args.model or "default (SmolLM2-135M-Instruct)")
     load_s = time.perf_counter() - t
     model = Model(ckpt, dev=dev, max_seq=args.ctx or (args.p + args.n + args.d + 16), decode=args.decode,
-                  sampling=getattr(args, "sampling", "auto"))
+                  sampling=getattr(args, "sampling", "auto"), gemm=gemm_routes_of(args)[0])
     model.loop_queue = {k: v for k in ("per_submit", "ahead") if (v := getattr(args, k, 0))}
     if model.kernel is not None:
         model.kernel.workgroups = getattr(args, "workgroups", 0) or None
@@ -191,14 +191,23 @@ def _tg(model, n: int, rng, depth: int = 0) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def gemm_routes_of(args) -> list[str]:
+    """`--gemm`: the prefill GEMM route(s), comma-separated (default auto); pp runs once per route."""
+    return [r.strip() for r in (getattr(args, "gemm", None) or "auto").split(",")]
+
+
 def measure(model, args, bw: float) -> list[dict]:
-    """The pp and tg rows: mean ± sd over args.r repetitions after a warm-up."""
+    """The pp and tg rows: mean ± sd over args.r repetitions after a warm-up (pp once per --gemm
+    route; tg does not use the GEMM)."""
     rng = np.random.default_rng()
     rows = []
-    if args.p > 0:
+    routes = gemm_routes_of(args)
+    for route in routes if args.p > 0 else ():
+        model.use_gemm(route)
         _pp(model, args.p, rng)
         mean, sd = _mean_sd([_pp(model, args.p, rng) for _ in range(args.r)])
-        rows.append(dict(test=f"pp{args.p}", tps=mean, sd=sd))
+        rows.append(dict(test=f"pp{args.p}" + (f" {model.gemm}" if len(routes) > 1 else ""), tps=mean, sd=sd,
+                         gemm=model.gemm))
     if args.n > 0:
         _tg(model, 4, rng, args.d)
         mean, sd = _mean_sd([_tg(model, args.n, rng, args.d) for _ in range(args.r)])
@@ -252,6 +261,10 @@ def validate(args) -> None:
             raise ValueError(f"{flag} must be >= {low}, got {v}")
     if args.p == 0 and args.n == 0:
         raise ValueError("-p 0 and -n 0 leave nothing to measure")
+    from .defaults import GEMM_ROUTES
+    for r in gemm_routes_of(args):
+        if r not in ("auto", *GEMM_ROUTES):
+            raise ValueError(f"--gemm {r!r}: expected auto, {', '.join(GEMM_ROUTES)} (comma-separated)")
     if args.ctx and args.p + args.n + args.d + 1 > args.ctx:
         raise ValueError(f"-p {args.p} + -n {args.n} + -d {args.d} exceed the context {args.ctx}; raise --ctx")
     for kv in filter(None, (args.kernel_config or "").split(",")):
@@ -317,7 +330,7 @@ def run(args) -> int:
 
 def _print_csv(rows, label, adapter) -> None:
     out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "bytes_per_token", "gbs",
+    w = csv.DictWriter(out, fieldnames=["model", "adapter", "test", "tps", "sd", "gemm", "bytes_per_token", "gbs",
                                          "roofline_pct", "encode_ms", "schedule", "sampling", "dispatches", "phases",
                                          "barriers", "workgroups"])
     w.writeheader()
@@ -382,6 +395,10 @@ def add_arguments(p) -> None:
                    help="tg samples greedily on the GPU, tokens queued ahead (gpu), or reads logits back (cpu)")
     p.add_argument("--per-submit", type=int, default=0, help="gpu sampling: decode steps per command buffer")
     p.add_argument("--ahead", type=int, default=0, help="gpu sampling: command buffers queued at once")
+    p.add_argument("--gemm", default=None, metavar="ROUTE[,ROUTE]",
+                   help="prefill GEMM route(s): auto, f32, i8, f16 (see `generate --help`); several, comma-separated: "
+                        "bench runs pp once per route, bench kernels times those routes (default: auto for bench, "
+                        "every route the adapter has for bench kernels)")
     p.add_argument("--workgroups", type=int, default=0, help="workgroups of the decode kernel (default: by adapter)")
     p.add_argument("--kernel-config", default="", metavar="K=V,...",
                    help="decode kernel shape for sweeps, e.g. WG=128,TPR=16")

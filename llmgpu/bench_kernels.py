@@ -2,9 +2,12 @@
 
 For each shape it prints the GEMV's time, the GB/s of weight + scale bytes it moved and the
 percentage of the streaming-read bandwidth measured in the same run by a plain WGSL read
-kernel (the roofline), and the GEMM's TFLOP/s at M = 512. Weights are random q4gsw created
-in packed form; several copies are rotated so that repeated runs stream from memory, not
-from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
+kernel (the roofline), and the GEMM's TFLOP/s-equivalent (2·M·N·K / time) at M = 512 for each
+prefill GEMM route the adapter runs (f32 FMA, int8 dot products on activations quantized
+beforehand, f16 FMA; ops/linear.py). It also reports what the adapter offers beyond that:
+whether a cooperative-matrix (tensor core) feature is listed and granted, and the WGSL language
+features. Weights are random q4gsw created in packed form; several copies are rotated so that
+repeated runs stream from memory, not from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
 waiting for the GPU: the gaps between dispatches count, as they do in a model.
 """
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 from .defaults import DEFAULT_GROUP_SIZE
 from .gpu import Device
 from .ops.core import make_op
-from .ops import (Op, Q4Linear, encode, gemm_config, gemv_config, linear, q8_act, quantize_q8, silu_gemv_config,
-                  submit)
+from .ops import (GEMM_ROUTES, Op, Q4Linear, encode, gemm_config, gemm_route, gemm_routes, gemv_config, linear,
+                  q8_act, quantize_q8, silu_gemv_config, submit)
+from .ops.linear import gemm_workgroup_bytes
 from .quant import GROUP_SIZES, random_q4
 from .shapes import get_shape
 
@@ -65,23 +69,55 @@ def time_ops(dev: Device, op_sets: list[list[Op]], reps: int, trials: int = 5) -
     return diff if diff > 0.25 * whole else whole
 
 
-def _bench_gemm(dev, lins, M, cfgs, reps, rng, log) -> dict:
-    """The best GEMM time of the configurations at M rows (x, y of the device's act_type)."""
+def _bench_gemm(dev, lins, M, route_cfgs, reps, rng, log) -> dict:
+    """The best GEMM time of each route's configurations at M rows (x, y of the device's
+    act_type; the int8 route's x quantized once beforehand, as a norm's epilogue does in a model).
+    -> gemm_<route>_{ms,tflops,config} per route, and gemm_{ms,tflops,config,route} of the best."""
     N, K = lins[0].N, lins[0].K
     dt = dev.act_dtype
     xm = dev.buffer(rng.standard_normal((M, K)).astype(dt), label="xM")
+    x8 = q8_act(dev, K, M, label="x8M")
+    submit(dev, [quantize_q8(dev, xm, x8)])
     ym = dev.buffer(size=M * N * np.dtype(dt).itemsize, label="yM")
     best: dict = {}
-    for cfg in cfgs:
-        if cfg and 4 * 32 * (cfg["BM"] + cfg["BN"]) > dev.max_workgroup_storage:
-            continue
-        t = time_ops(dev, [linear(dev, lin, xm, ym, M, config=cfg) for lin in lins[:2]], max(2, reps // 20))
-        if log:
-            log(f"gemm {M}x{N}x{K} {cfg}: {2 * M * N * K / t / 1e12:.2f} TFLOP/s")
-        if "gemm_ms" not in best or t * 1e3 < best["gemm_ms"]:
-            best = dict(M=M, gemm_ms=t * 1e3, gemm_tflops=2 * M * N * K / t / 1e12,
-                        gemm_config=cfg or gemm_config(dev, M, N))
+    for route, cfgs in route_cfgs.items():
+        for cfg in cfgs:
+            cfg = dict(cfg or gemm_config(dev, M, N, route))
+            if gemm_workgroup_bytes(cfg, route) > dev.max_workgroup_storage or \
+                    (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]) > dev.max_invocations:
+                continue
+            x = x8 if route == "i8" else xm
+            t = time_ops(dev, [linear(dev, lin, x, ym, M, config=cfg, route=route) for lin in lins[:2]],
+                         max(2, reps // 20))
+            tf = 2 * M * N * K / t / 1e12
+            if log:
+                log(f"gemm {route} {M}x{N}x{K} {cfg}: {t * 1e3:.3f} ms, {tf:.3g} TFLOP/s")
+            if f"gemm_{route}_ms" not in best or t * 1e3 < best[f"gemm_{route}_ms"]:
+                best.update({f"gemm_{route}_ms": t * 1e3, f"gemm_{route}_tflops": tf, f"gemm_{route}_config": cfg})
+            if "gemm_ms" not in best or t * 1e3 < best["gemm_ms"]:
+                best.update(M=M, gemm_ms=t * 1e3, gemm_tflops=tf, gemm_config=cfg, gemm_route=route)
     return best
+
+
+def capabilities(dev: Device, adapter: str | None = None) -> dict:
+    """What the adapter offers for matrix math beyond FMA: the cooperative-matrix (tensor core)
+    feature, listed or not and granted or not (a second device is requested with it; wgpu-native
+    refuses experimental features), any other *matrix* feature it lists, and the WGSL language
+    features wgpu reports (wgpu-py 0.32: none, so packed int8 dot products are assumed)."""
+    from .gpu import choose_adapter
+    listed = sorted(f for f in dev.adapter.features if "matrix" in f)
+    coop = "not listed"
+    if "cooperative-matrix" in listed:
+        try:
+            choose_adapter(adapter).request_device_sync(required_features=["cooperative-matrix"])
+            coop = "granted"
+        except Exception as e:  # noqa: BLE001  (any refusal is the answer)
+            coop = "refused: " + " ".join(str(e).split())[:200]
+    import wgpu
+    langs = sorted(getattr(wgpu.gpu, "wgsl_language_features", None) or ())
+    return dict(cooperative_matrix=coop, matrix_features=listed, wgsl_language_features=langs,
+                dot4I8Packed=dev.has_dot4i8, shader_f16=dev.has_f16, gemm_routes=list(gemm_routes(dev)),
+                gemm_route_auto=gemm_route(dev))
 
 
 def stream_bandwidth(dev: Device, nbytes: int = 1 << 30, reps: int = 20) -> float:
@@ -102,11 +138,12 @@ def _copies(dev, N, K, gs, rng, budget):
     return [Q4Linear(dev, random_q4(N, K, gs, rng), label=f"w{N}x{K}#{i}") for i in range(n)], one
 
 
-def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_cfgs=(None,),
+def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_cfgs=None,
                 log=None, silu: bool = False) -> dict:
-    """Time the GEMV (and the GEMM at M unless gemm_cfgs is empty) of one shape; keep the best
-    of the given configurations (None = the default one). silu: the decode path's fused gate/up
-    GEMV (N = 2·ff rows) that writes silu(gate)·up as int8."""
+    """Time the GEMV (unless gemv_cfgs is empty) and the GEMM at M (gemm_cfgs: {route: configs},
+    unless empty) of one shape; keep the best of the given configurations (None = the default
+    one). silu: the decode path's fused gate/up GEMV (N = 2·ff rows) that writes silu(gate)·up
+    as int8."""
     lins, wbytes = _copies(dev, N, K, gs, rng, budget)
     dt = dev.act_dtype
     row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes)
@@ -137,6 +174,8 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
             log(f"gemv {N}x{K} {label}: {t * 1e6:.1f} us")
         if "gemv_us" not in row or t * 1e6 < row["gemv_us"]:
             row.update(gemv_us=t * 1e6, gemv_gbs=wbytes / t / 1e9, gemv_config=label)
+    if gemm_cfgs is None:
+        gemm_cfgs = {r: (None,) for r in gemm_routes(dev)}
     if gemm_cfgs:
         row.update(_bench_gemm(dev, lins, M, gemm_cfgs, reps, rng, log))
     for lin in lins:
@@ -163,12 +202,44 @@ GEMM_SWEEP = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=128, BN=128, TM=8, TN=8),
               dict(BM=128, BN=64, TM=4, TN=8), dict(BM=64, BN=64, TM=8, TN=8),
               dict(BM=128, BN=128, TM=8, TN=4), dict(BM=128, BN=32, TM=8, TN=4),
               dict(BM=64, BN=64, TM=8, TN=4), dict(BM=64, BN=32, TM=4, TN=4)]
+# The int8 route: KB blocks of 32 along K per step; EXPAND: weights unpacked once per tile
+GEMM_I8_SWEEP = [dict(BM=128, BN=128, TM=8, TN=4, KB=2), dict(BM=128, BN=128, TM=8, TN=8, KB=2),
+                 dict(BM=128, BN=128, TM=4, TN=8, KB=2), dict(BM=128, BN=64, TM=8, TN=4, KB=2),
+                 dict(BM=128, BN=64, TM=4, TN=4, KB=2), dict(BM=64, BN=64, TM=4, TN=4, KB=2),
+                 dict(BM=64, BN=128, TM=4, TN=8, KB=2), dict(BM=128, BN=128, TM=8, TN=4, KB=4),
+                 dict(BM=128, BN=128, TM=8, TN=4, KB=1), dict(BM=128, BN=128, TM=8, TN=4, KB=2, EXPAND=True),
+                 dict(BM=128, BN=64, TM=8, TN=4, KB=2, EXPAND=True), dict(BM=64, BN=64, TM=4, TN=4, KB=4, EXPAND=True)]
+GEMM_F16_SWEEP = [dict(BM=128, BN=128, TM=8, TN=4), dict(BM=128, BN=128, TM=8, TN=8), dict(BM=128, BN=64, TM=4, TN=8),
+                  dict(BM=128, BN=64, TM=8, TN=4), dict(BM=64, BN=64, TM=4, TN=4)]
 # CPU adapters (lavapipe): large per-invocation tiles, the row tile by M (ops/linear.py)
 GEMM_SWEEP_CPU = [dict(BM=64, BN=64, TM=4, TN=4), dict(BM=64, BN=64, TM=8, TN=8),
                   dict(BM=8, BN=128, TM=8, TN=16), dict(BM=8, BN=128, TM=8, TN=8),
                   dict(BM=16, BN=128, TM=16, TN=16), dict(BM=16, BN=64, TM=16, TN=16),
                   dict(BM=32, BN=128, TM=16, TN=16), dict(BM=64, BN=128, TM=16, TN=16),
                   dict(BM=64, BN=128, TM=8, TN=16), dict(BM=128, BN=64, TM=16, TN=16)]
+GEMM_I8_SWEEP_CPU = [dict(BM=8, BN=128, TM=8, TN=16, KB=2), dict(BM=16, BN=128, TM=16, TN=16, KB=2),
+                     dict(BM=16, BN=64, TM=16, TN=16, KB=2), dict(BM=32, BN=64, TM=16, TN=16, KB=4),
+                     dict(BM=32, BN=128, TM=16, TN=16, KB=4), dict(BM=64, BN=128, TM=16, TN=16, KB=4),
+                     dict(BM=64, BN=128, TM=16, TN=16, KB=2), dict(BM=64, BN=64, TM=16, TN=16, KB=4),
+                     dict(BM=32, BN=64, TM=8, TN=8, KB=2), dict(BM=32, BN=64, TM=16, TN=16, KB=2, EXPAND=True)]
+GEMM_F16_SWEEP_CPU = [dict(BM=8, BN=128, TM=8, TN=16), dict(BM=16, BN=128, TM=16, TN=16),
+                      dict(BM=64, BN=128, TM=16, TN=16)]
+
+
+def gemm_sweep(dev, routes) -> dict:
+    """{route: tile configurations} that `--sweep` tries on this adapter (CPU or GPU lists)."""
+    cpu = dev.is_cpu
+    lists = {"f32": GEMM_SWEEP_CPU if cpu else GEMM_SWEEP, "i8": GEMM_I8_SWEEP_CPU if cpu else GEMM_I8_SWEEP,
+             "f16": GEMM_F16_SWEEP_CPU if cpu else GEMM_F16_SWEEP}
+    return {r: lists[r] for r in routes}
+
+
+def parse_routes(dev, spec: str | None) -> tuple[str, ...]:
+    """`--gemm` for `bench kernels`: comma-separated routes (auto: the adapter's own), default
+    every route the adapter runs."""
+    if not spec:
+        return gemm_routes(dev)
+    return tuple(dict.fromkeys(gemm_route(dev, r.strip()) for r in spec.split(",")))
 
 
 def validate(args) -> list[str]:
@@ -181,49 +252,64 @@ def validate(args) -> list[str]:
                          ("--stream-bytes", args.stream_bytes, 16), ("--cache-bytes", args.cache_bytes, 0)):
         if v < low:
             raise ValueError(f"{flag} must be >= {low}, got {v}")
+    for r in filter(None, (getattr(args, "gemm", None) or "").split(",")):
+        if r.strip() not in ("auto", *GEMM_ROUTES):
+            raise ValueError(f"--gemm {r.strip()!r}: expected auto, {', '.join(GEMM_ROUTES)} (comma-separated)")
+    if args.no_gemm and args.no_gemv:
+        raise ValueError("--no-gemm and --no-gemv leave nothing to measure")
     return names
 
 
 def run(args) -> int:
     names = validate(args)
     dev = Device(args.adapter, dump_wgsl=getattr(args, "dump_wgsl", None))
+    caps = capabilities(dev, args.adapter)
+    routes = parse_routes(dev, getattr(args, "gemm", None))
     rng = np.random.default_rng()
     bw = stream_bandwidth(dev, args.stream_bytes)
     rows = []
     log = (lambda m: print("  sweep " + m, file=sys.stderr, flush=True)) if args.sweep else None
+    gemm_cfgs = {} if args.no_gemm else (gemm_sweep(dev, routes) if args.sweep else {r: (None,) for r in routes})
     for name in names:
         for lab, N, K in projection_shapes(name):
-            if args.max_k and K > args.max_k:
+            if (args.max_k and K > args.max_k) or (args.no_lm_head and lab == "lm_head"):
                 continue
+            gemv_cfgs = () if args.no_gemv else (
+                GEMV_SWEEP if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},))
             row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
-                              budget=args.cache_bytes,
-                              gemv_cfgs=GEMV_SWEEP if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},),
-                              gemm_cfgs=() if args.no_gemm else (
-                                  (GEMM_SWEEP_CPU if dev.is_cpu else GEMM_SWEEP) if args.sweep else (None,)),
-                              log=log)
-            row.update(shape=name, proj=lab, roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
+                              budget=args.cache_bytes, gemv_cfgs=gemv_cfgs, gemm_cfgs=gemm_cfgs, log=log)
+            row.update(shape=name, proj=lab)
+            if "gemv_gbs" in row:
+                row["roofline_pct"] = 100 * row["gemv_gbs"] * 1e9 / bw
             rows.append(row)
-            if lab == "gate/up":  # decode's fused gate+up GEMV with the SiLU·mul int8 epilogue
+            if lab == "gate/up" and not args.no_gemv:  # decode's fused gate+up GEMV, SiLU·mul int8 epilogue
                 row = bench_shape(dev, 2 * N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
-                                  budget=args.cache_bytes, silu=True, log=log, gemm_cfgs=(),
+                                  budget=args.cache_bytes, silu=True, log=log, gemm_cfgs={},
                                   gemv_cfgs=SILU_SWEEP if args.sweep else ({"Q8": True},))
                 row.update(shape=name, proj="gu+silu", roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
                 rows.append(row)
     result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,
-                  date=time.strftime("%Y-%m-%d"), rows=rows)
+                  date=time.strftime("%Y-%m-%d"), capabilities=caps, rows=rows)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     print(f"adapter: {dev.name}   streaming read: {bw / 1e9:.1f} GB/s   group size {args.group_size}")
-    hdr = f"{'shape':<14} {'proj':<8} {'N x K':>13} {'GEMV us':>9} {'GB/s':>8} {'% roof':>7}"
-    if not args.no_gemm:
-        hdr += f" {'GEMM M':>7} {'ms':>8} {'TFLOP/s':>8}"
+    print(f"cooperative-matrix: {caps['cooperative_matrix']}   matrix features listed: "
+          f"{', '.join(caps['matrix_features']) or 'none'}   WGSL language features reported: "
+          f"{', '.join(caps['wgsl_language_features']) or 'none'}")
+    print(f"prefill GEMM routes: {', '.join(caps['gemm_routes'])} (auto: {caps['gemm_route_auto']})")
+    hdr = f"{'shape':<14} {'proj':<8} {'N x K':>13}"
+    if not args.no_gemv:
+        hdr += f" {'GEMV us':>9} {'GB/s':>8} {'% roof':>7}"
+    if gemm_cfgs:
+        hdr += f" {'GEMM M':>7}" + "".join(f" {r + ' TF/s':>10}" for r in routes)
     print(hdr)
     for r in rows:
-        line = (f"{r['shape']:<14} {r['proj']:<8} {r['N']:>6}x{r['K']:<6} {r['gemv_us']:>9.1f} "
-                f"{r['gemv_gbs']:>8.1f} {r['roofline_pct']:>6.1f}%")
+        line = f"{r['shape']:<14} {r['proj']:<8} {r['N']:>6}x{r['K']:<6}"
+        if not args.no_gemv:
+            line += f" {r['gemv_us']:>9.1f} {r['gemv_gbs']:>8.1f} {r['roofline_pct']:>6.1f}%"
         if "gemm_ms" in r:
-            line += f" {r['M']:>7} {r['gemm_ms']:>8.3f} {r['gemm_tflops']:>8.2f}"
+            line += f" {r['M']:>7}" + "".join(f" {r.get(f'gemm_{x}_tflops', float('nan')):>10.3g}" for x in routes)
         print(line)
     return 0
 
@@ -235,6 +321,8 @@ def add_arguments(p) -> None:
     p.add_argument("-m", "--m", type=int, default=512, help="rows of activations for the GEMM")
     p.add_argument("--repeat", type=int, default=200, help="GEMV dispatches per timing")
     p.add_argument("--no-gemm", action="store_true", help="time the GEMV only")
+    p.add_argument("--no-gemv", action="store_true", help="time the GEMM only")
+    p.add_argument("--no-lm-head", action="store_true", help="skip lm_head (prefill runs it as a GEMV)")
     p.add_argument("--max-k", type=int, default=0, help="skip shapes with K above this")
     p.add_argument("--sweep", action="store_true", help="try several kernel configurations, keep the best")
     p.add_argument("--stream-bytes", type=int, default=1 << 30, help="size of the streaming-read buffer")

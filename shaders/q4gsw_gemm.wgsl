@@ -1,11 +1,12 @@
 // q4gsw GEMM for prefill: y(M, N) = x(M, K) · W(N, K)ᵀ, W in q4gsw (see llmgpu/quant.py).
 //
-// Types: act_t, scale_t (f16 | f32). Overrides (below): BM, BN (output tile; BK = 32, one
-// u32×4 of every weight row per step), TM, TN (accumulators per thread, multiples of 4),
-// WG = (BM/TM)·(BN/TN), GS, RESIDUAL. Flags: HAS_OFFSETS, HAS_BIAS (as in q4gsw_gemv.wgsl).
-// llmgpu/ops/codegen.py generates the //@ lines, so that every accumulator and prefetch
-// register is a named register, never an indexed array that a compiler might spill; it needs
-// BM·8 and BN·4 to be multiples of WG (whole tiles per invocation).
+// Types: act_t, scale_t (f16 | f32), mul_t (f32, or f16 for the f16 variant: the type of the
+// staged tiles and of the products, see below). Overrides (below): BM, BN (output tile;
+// BK = 32, one u32×4 of every weight row per step), TM, TN (accumulators per thread, multiples
+// of 4), WG = (BM/TM)·(BN/TN), GS, RESIDUAL. Flags: HAS_OFFSETS, HAS_BIAS (as in
+// q4gsw_gemv.wgsl). llmgpu/ops/codegen.py generates the //@ lines, so that every accumulator
+// and prefetch register is a named register, never an indexed array that a compiler might
+// spill; it needs BM·8 and BN·4 to be multiples of WG (whole tiles per invocation).
 //
 // Bindings (group 0):
 //   P    uniform  M, N (rows of W in this slice), K, ldy (row stride of y), n_off (first column)
@@ -17,9 +18,12 @@
 //   bias read     array<f32>          (N)         when HAS_BIAS
 //
 // Each step stages a BM×32 slice of x and a BN×32 slice of dequantized W (scale and offset
-// applied) in workgroup memory as f32, k-major, then every thread accumulates a TM×TN block
-// with vec4 FMAs. Thread (tx, ty) owns rows 4·(ty + i·BM/TM) + 0..3 and columns
-// 4·(tx + j·BN/TN) + 0..3, so neighbouring threads read neighbouring vec4s.
+// applied in f32, then rounded to mul_t) in workgroup memory, k-major, then every thread
+// accumulates a TM×TN block with vec4 FMAs. Thread (tx, ty) owns rows 4·(ty + i·BM/TM) + 0..3
+// and columns 4·(tx + j·BN/TN) + 0..3, so neighbouring threads read neighbouring vec4s.
+// The f16 variant (mul_t = f16, where the adapter has shader-f16) sums the products of one
+// 32-wide k tile in vec4<f16> registers and adds them into the f32 accumulators after each
+// tile, so f16 rounding never sees more than 32 terms.
 
 struct Params { M: u32, N: u32, K: u32, ldy: u32, n_off: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
@@ -44,8 +48,8 @@ override RESIDUAL: bool = false;
 const BK: u32 = 32u;
 override TX: u32 = BN / TN;   // threads along N
 override TY: u32 = BM / TM;   // threads along M
-var<workgroup> As: array<vec4<f32>, BK * BM / 4u>;   // [k][m/4]
-var<workgroup> Ws: array<vec4<f32>, BK * BN / 4u>;   // [k][n/4]
+var<workgroup> As: array<vec4<mul_t>, BK * BM / 4u>;   // [k][m/4]
+var<workgroup> Ws: array<vec4<mul_t>, BK * BN / 4u>;   // [k][n/4]
 
 fn put(m: u32, n: u32, v: f32) {
     if (m < P.M && n < P.N) {
@@ -81,10 +85,10 @@ fn store_a(idx: u32, v: vec4<f32>) {
     let m = idx / 8u;
     let base = ((idx % 8u) * 4u) * (BM / 4u) + m / 4u;
     let c = m % 4u;
-    As[base][c] = v.x;
-    As[base + BM / 4u][c] = v.y;
-    As[base + 2u * BM / 4u][c] = v.z;
-    As[base + 3u * BM / 4u][c] = v.w;
+    As[base][c] = mul_t(v.x);
+    As[base + BM / 4u][c] = mul_t(v.y);
+    As[base + 2u * BM / 4u][c] = mul_t(v.z);
+    As[base + 3u * BM / 4u][c] = mul_t(v.w);
 }
 // Registers → workgroup memory: nibble e becomes the float 1 + n/16 (no int→float
 // conversion), then q·s + o = (1 + n/16)·16s + (o − 24s), into Ws[k][n].
@@ -97,7 +101,7 @@ fn store_w(idx: u32, r: vec3<u32>) {
     let c = n % 4u;
     for (var e = 0u; e < 8u; e++) {
         let f = bitcast<f32>((((r.x >> (4u * e)) & 0xFu) << 19u) | 0x3F800000u);
-        Ws[base + e * (BN / 4u)][c] = fma(f, s16, o24);
+        Ws[base + e * (BN / 4u)][c] = mul_t(fma(f, s16, o24));
     }
 }
 
@@ -119,11 +123,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (kn < K) {
 //@LOADN
         }
-        for (var k = 0u; k < BK; k++) {
-            let ab = k * (BM / 4u) + ty;
-            let bb = k * (BN / 4u) + tx;
 //@MAC
-        }
         workgroupBarrier();
         if (kn < K) {
 //@STORE_TILE

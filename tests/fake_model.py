@@ -73,7 +73,7 @@ class FakeModel:
 
     @classmethod
     def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True, dump_wgsl=None,
-             decode="auto", sampling="auto", startup=None):
+             decode="auto", sampling="auto", gemm="auto", startup=None):
         cls.loads.append(dict(source=source, group_size=group_size, max_seq=max_seq, adapter=adapter,
                               progress=progress, decode=decode, sampling=sampling))
         if source not in (None, "fake", "fake-no-template", "fake-flat"):

@@ -67,6 +67,29 @@ def test_bench_kernels_json(capsys):
     assert len(silu) == 1 and (silu[0]["N"], silu[0]["K"]) == (2 * s["intermediate_size"], s["hidden_size"])
 
 
+def test_gemm_routes_in_both_benchmarks(capsys):
+    """`bench --gemm a,b` runs pp once per route on one model; `bench kernels` times every route the
+    adapter has and reports the cooperative-matrix probe (lavapipe lists no such feature)."""
+    rc, out, _ = run(capsys, "bench", "--shape", "tiny", "-p", "16", "-n", "0", "-r", "1", "--json",
+                     "--gemm", "f32,i8", "--stream-bytes", str(8 << 20))
+    assert rc == 0
+    rows = json.loads(out)["rows"]
+    assert [(r["test"], r["gemm"]) for r in rows] == [("pp16 f32", "f32"), ("pp16 i8", "i8")]
+    assert all(r["tps"] > 0 for r in rows)
+    rc, out, _ = run(capsys, "bench", "kernels", "--shapes", "tiny", "-m", "8", "--repeat", "4", "--json",
+                     "--no-gemv", "--no-lm-head", "--stream-bytes", str(8 << 20), "--cache-bytes", str(1 << 20))
+    assert rc == 0
+    res = json.loads(out)
+    caps = res["capabilities"]
+    assert caps["cooperative_matrix"] in ("not listed", "granted") or caps["cooperative_matrix"].startswith("refused")
+    assert caps["gemm_route_auto"] in caps["gemm_routes"] and "i8" in caps["gemm_routes"]
+    assert res["rows"] and all(r["proj"] != "lm_head" and "gemv_us" not in r for r in res["rows"])
+    for r in res["rows"]:
+        for route in caps["gemm_routes"]:
+            assert r[f"gemm_{route}_tflops"] > 0 and r[f"gemm_{route}_config"]["BM"] > 0
+        assert r["gemm_route"] in caps["gemm_routes"]
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["bench", "--shape", "no-such-shape"], "unknown shape 'no-such-shape'"),
     (["bench", "--shape", "tiny", "--model", "x"], "--model or --shape, not both"),
@@ -112,6 +135,9 @@ def test_bench_depth_and_decode_schedule(capsys):
     (["bench", "--shape", "tiny", "--kernel-config", "WG"], "expected NAME=INTEGER"),
     (["bench", "--shape", "tiny", "--profile-png", "x.png"], "--profile-png needs --profile"),
     (["bench", "--model", "./no/such/model.gguf"], "no such file or directory"),
+    (["bench", "--shape", "tiny", "--gemm", "f32,int4"], "--gemm 'int4': expected auto, f32, i8, f16"),
+    (["bench", "kernels", "--shapes", "tiny", "--gemm", "i4"], "--gemm 'i4': expected auto, f32, i8, f16"),
+    (["bench", "kernels", "--shapes", "tiny", "--no-gemm", "--no-gemv"], "leave nothing to measure"),
 ])
 def test_bench_arguments_fail_before_the_device(monkeypatch, capsys, argv, msg):
     """Bad arguments are refused before the adapter is opened (let alone the bandwidth measured)."""

@@ -4,8 +4,9 @@ Why generate at all: accumulators and prefetch registers must be *named* variabl
 loops over an indexed array (`var acc: array<f32, R>`) were measured 3× slower on NVIDIA,
 whose compiler placed the array in local memory. Everything else in the shaders is plain
 WGSL with `override` constants. Each function returns {placeholder: code}; the shader has a
-line `//@NAME` where the code goes (q4gsw_gemv.wgsl, q4gsw_gemm.wgsl, attention_prefill.wgsl).
-`llmgpu generate --dump-wgsl DIR` writes the expanded sources, and tests/test_ops.py checks them.
+line `//@NAME` where the code goes (q4gsw_gemv.wgsl, q4gsw_gemm.wgsl, q4gsw_gemm_i8.wgsl,
+attention_prefill.wgsl). `llmgpu generate --dump-wgsl DIR` writes the expanded sources, and
+tests/test_ops.py checks them.
 """
 from __future__ import annotations
 
@@ -74,27 +75,38 @@ def _gemv_out(R: int, silu: bool) -> list[str]:
     return out
 
 
-def gemm_snippets(BM: int, BN: int, TM: int, TN: int) -> dict:
+def gemm_snippets(BM: int, BN: int, TM: int, TN: int, f16: bool = False) -> dict:
     """q4gsw_gemm.wgsl: TM×(TN/4) named vec4 accumulators, and the register-prefetch loads and
     stores of one 32-wide k tile (BM·8/WG activation vec4s and BN·4/WG weight words per
-    invocation)."""
+    invocation). f16: the tile's products are summed in vec4<f16> registers (h…), which are
+    added into the f32 accumulators after every 32-wide k tile."""
     WG = (BM // TM) * (BN // TN)
     na, nw = BM * 8 // WG, BN * 4 // WG
     if BM * 8 % WG or BN * 4 % WG:
         raise ValueError(f"GEMM tile {BM}x{BN} with {TM}x{TN} per thread: tiles do not split evenly")
-    decl = [f"    var c{i}_{j} = vec4<f32>(0.0);" for i in range(TM) for j in range(TN // 4)]
+    acc = [(i, j) for i in range(TM) for j in range(TN // 4)]
+    decl = [f"    var c{i}_{j} = vec4<f32>(0.0);" for i, j in acc]
     decl += [f"    var ra{i}: vec4<f32>;" for i in range(na)]
     decl += [f"    var rw{i}: vec3<u32>;" for i in range(nw)]
     load = lambda k: [f"        ra{i} = load_a(m0, {k}, lid + {i}u * WG);" for i in range(na)] + \
         [f"        rw{i} = load_w(n0, {k}, lid + {i}u * WG);" for i in range(nw)]  # noqa: E731
     tile = [f"        store_a(lid + {i}u * WG, ra{i});" for i in range(na)] + \
         [f"        store_w(lid + {i}u * WG, rw{i});" for i in range(nw)]
+    t, a = ("f16", "h") if f16 else ("f32", "c")
     mac = [f"            let b{j} = Ws[bb + {j}u * TX];" for j in range(TN // 4)]
     for i4 in range(TM // 4):
         mac.append(f"            let a{i4} = As[ab + {i4}u * TY];")
         for ii, comp in enumerate("xyzw"):
             i = 4 * i4 + ii
-            mac += [f"            c{i}_{j} = fma(vec4<f32>(a{i4}.{comp}), b{j}, c{i}_{j});" for j in range(TN // 4)]
+            mac += [f"            {a}{i}_{j} = fma(vec4<{t}>(a{i4}.{comp}), b{j}, {a}{i}_{j});" for j in range(TN // 4)]
+    if f16:  # the tile's f16 sums: zeroed before, added into the f32 accumulators after
+        mac = [f"        var h{i}_{j} = vec4<f16>(0.0);" for i, j in acc] + \
+            ["        for (var k = 0u; k < BK; k++) {", "            let ab = k * (BM / 4u) + ty;",
+             "            let bb = k * (BN / 4u) + tx;", *mac, "        }"] + \
+            [f"        c{i}_{j} += vec4<f32>(h{i}_{j});" for i, j in acc]
+    else:
+        mac = ["        for (var k = 0u; k < BK; k++) {", "            let ab = k * (BM / 4u) + ty;",
+               "            let bb = k * (BN / 4u) + tx;", *mac, "        }"]
     store = []
     for i in range(TM):
         m = f"m0 + 4u * (ty + {i // 4}u * TY) + {i % 4}u"
@@ -127,3 +139,43 @@ def flash_snippets(NJ: int, NL: int) -> dict:
             "PV": "\n".join(pv),
             "STORE": "\n".join(f"    put(r0 + 4u * ty + {i}u, tx + {n}u * TX, j, G, o{i}_{n} / l.{xyzw[i]});"
                                for i, n in acc)}
+
+
+def gemm_i8_snippets(BM: int, BN: int, TM: int, TN: int, KB: int, offsets: bool = False,
+                     expand: bool = False) -> dict:
+    """q4gsw_gemm_i8.wgsl: TM×TN named f32 accumulators; per block of 32, the invocation's TM
+    activation rows held in registers (ax, ay: 32 bytes, am: scale terms) while its TN weight
+    columns stream past (u, v: 8 int8 words, unpacked from nibbles unless expand); and the
+    register-prefetch loads and stores of one step (KB blocks)."""
+    if BM % TM or BN % TN:
+        raise ValueError(f"int8 GEMM tile {BM}x{BN} does not split into {TM}x{TN} per invocation")
+    WG = (BM // TM) * (BN // TN)
+    per = lambda n: -(-n // WG)  # noqa: E731  (items per invocation, the last ones guarded)
+    regs = [("ra", "vec4<u32>", "a", "m0", per(2 * KB * BM)), ("rm", "vec4<f32>", "am", "m0", per(KB * BM)),
+            ("rw", "vec4<u32>", "w", "n0", per(KB * BN)), ("rs", "vec2<f32>", "ws", "n0", per(KB * BN))]
+    decl = [f"    var c{i}_{j} = 0.0;" for i in range(TM) for j in range(TN)]
+    decl += [f"    var {r}{k}: {t};" for r, t, _, _, n in regs for k in range(n)]
+    load = lambda b: [f"        {r}{k} = load_{f}({o}, {b}, lid + {k}u * WG);"  # noqa: E731
+                      for r, _, f, o, n in regs for k in range(n)]
+    tile = [f"        store_{f}(lid + {k}u * WG, {r}{k});" for r, _, f, _, n in regs for k in range(n)]
+    mac = []
+    for i in range(TM):
+        r = f"ab + {i}u * TY"
+        mac += [f"            let ax{i} = Aq[({r}) * 2u];", f"            let ay{i} = Aq[({r}) * 2u + 1u];",
+                f"            let am{i} = Am[{r}];"]
+    for j in range(TN):
+        c = f"bb + {j}u * TX"
+        mac.append(f"            let s{j} = Ws[{c}];")
+        if expand:
+            mac += [f"            let u{j} = Wq[({c}) * 2u];", f"            let v{j} = Wq[({c}) * 2u + 1u];"]
+        else:
+            mac += [f"            let q{j} = Wq[{c}];", f"            let u{j} = w_lo(q{j});",
+                    f"            let v{j} = w_hi(q{j});"]
+        for i in range(TM):
+            mac.append(f"            c{i}_{j} = fma(block_f32(am{i}.y, idot(ax{i}, ay{i}, u{j}, v{j})), "
+                       f"am{i}.x * s{j}.x, c{i}_{j});")
+            if offsets:
+                mac.append(f"            c{i}_{j} = fma(am{i}.z, s{j}.y, c{i}_{j});")
+    store = [f"    put(m0 + ty + {i}u * TY, n0 + tx + {j}u * TX, c{i}_{j});" for i in range(TM) for j in range(TN)]
+    return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store),
+            "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("bn")), "STORE_TILE": "\n".join(tile)}

@@ -1,16 +1,19 @@
 """The q4gsw linear y = x · Wᵀ: `Q4Linear` holds a weight on the GPU (split by rows where it
 exceeds the adapter's storage-binding limit); `gemv` records it for one row of activations
-(decode), `gemm` for M rows (prefill). Kernel shapes come from measured sweeps (`llmgpu bench
-kernels --sweep`, BENCHMARKS.md)."""
+(decode), `gemm` for M rows (prefill), by one of three routes: f32 FMA (the reference, and for
+any adapter), int8 dot products on int8 activations (i8), or f16 FMA (f16). Kernel shapes and
+the route per adapter class come from measured sweeps (`llmgpu bench kernels --sweep`,
+BENCHMARKS.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..defaults import GEMM_ROUTES
 from ..gpu import Device
 from ..quant import Q4Tensor, Q8Tensor
-from .codegen import gemm_snippets, gemv_snippets
+from .codegen import gemm_i8_snippets, gemm_snippets, gemv_snippets
 from .core import Op, esize, make_op, need, submit
 from .layer import Q8Act, q8_act, quantize_q8
 
@@ -90,12 +93,55 @@ def silu_gemv_config(dev: Device, K: int = 0) -> dict:
     return dict(WG=256, TPR=16, R=4)
 
 
-def gemm_config(dev: Device, M: int, N: int = 1 << 30) -> dict:
+# ---- the prefill GEMM: routes and tiles ----------------------------------------------------
+
+# The route `auto` takes, by adapter class: f32 on both for now, though the int8 route is faster
+# on lavapipe (pp128 of SmolLM2-135M 87 against 54 t/s) and costs +0.3 % perplexity, because int8
+# activations flip the default model's near-tied first answer to the README question ("The"
+# 25.33 against "L" 25.25 in f32; 24.75 against 24.89 through int8), which test_cli_real's golden
+# answer catches. The f16 variant keeps it (25.31 / 25.22) and is slower on lavapipe (32 t/s).
+# On GPUs the routes are unmeasured when written: `bash bench/device_gemm.sh` measures all three
+# on the H200. `--gemm i8|f16` (Model(gemm=...)) selects a route by hand. Model keeps f32 in
+# place of i8 where int8 activations are turned off (q8=False).
+GEMM_ROUTE = {"cpu": "f32", "gpu": "f32"}
+
+
+def gemm_routes(dev: Device) -> tuple[str, ...]:
+    """The prefill GEMM routes this adapter runs: f32 always, i8 where WGSL's packed integer dot
+    product is available (Device.has_dot4i8), f16 where the adapter has shader-f16."""
+    have = {"f32": True, "i8": dev.has_dot4i8, "f16": dev.has_f16}
+    return tuple(r for r in GEMM_ROUTES if have[r])
+
+
+def gemm_route(dev: Device, want: str = "auto") -> str:
+    """`want` checked against the adapter; `auto`: GEMM_ROUTE for its class, else f32."""
+    if want == "auto":
+        r = GEMM_ROUTE["cpu" if dev.is_cpu else "gpu"]
+        return r if r in gemm_routes(dev) else "f32"
+    if want not in GEMM_ROUTES:
+        raise ValueError(f"prefill GEMM route {want!r} is not one of auto, {', '.join(GEMM_ROUTES)}")
+    if want not in gemm_routes(dev):
+        need_ = "shader-f16" if want == "f16" else "packed 4x8-bit integer dot products"
+        raise ValueError(f"the {want} prefill GEMM needs {need_}, which {dev.name} lacks; use --gemm f32")
+    return want
+
+
+def gemm_workgroup_bytes(cfg: dict, route: str = "f32") -> int:
+    """Workgroup memory a GEMM tile needs (the adapter's limit: Device.max_workgroup_storage)."""
+    if route == "i8":
+        ww = 2 if cfg.get("EXPAND") else 1
+        return cfg.get("KB", 2) * (cfg["BM"] * 48 + cfg["BN"] * (16 * ww + 8))
+    return 32 * (cfg["BM"] + cfg["BN"]) * (2 if route == "f16" else 4)
+
+
+def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> dict:
     """GEMM tile, from `llmgpu bench kernels --sweep` on an H100 (BENCHMARKS.md): 128×128 with
     8×4 per thread when that still makes 128+ tiles (21–24 TFLOP/s at M = 512 on Llama-3.1-8B's
     shapes); 128×64 with 4×8 when fewer (16.5 against 11.5 on 2048-wide outputs at M = 512);
-    64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle. CPU adapters:
-    `_cpu_gemm_config`."""
+    64×64 with 4×4 for short inputs, where large tiles would leave the GPU idle. The f16 variant
+    takes the same tiles; the int8 route: `_i8_gemm_config`. CPU adapters: `_cpu_gemm_config`."""
+    if route == "i8":
+        return _i8_gemm_config(dev, M, N)
     if dev.is_cpu:
         return _cpu_gemm_config(dev, M)
     if M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
@@ -134,6 +180,25 @@ def _norm_counter(dev: Device):
     if getattr(dev, "_norm_counter", None) is None:
         dev._norm_counter = dev.buffer(size=16, label="gemv.done")
     return dev._norm_counter
+
+
+def _i8_gemm_config(dev: Device, M: int, N: int) -> dict:
+    """The int8 GEMM's tile: BM×BN outputs, TM×TN per invocation, KB blocks of 32 along K per
+    step, EXPAND: weights unpacked to int8 once per tile in workgroup memory rather than by every
+    invocation. GPUs: by the f32 GEMM's rule of output tiles (unmeasured on a GPU when written;
+    bench/device_gemm.sh sweeps them). CPU adapters: from the lavapipe sweep (BENCHMARKS.md)."""
+    if dev.is_cpu:  # as the f32 route's: 16×16 per invocation, the row tile as tall as M needs
+        BM = 8
+        while BM < min(M, 64):
+            BM *= 2
+        cfg = dict(BM=BM, BN=128, TM=min(16, BM), TN=16, KB=2 if BM <= 16 else 4, EXPAND=False)
+    elif M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
+        cfg = dict(BM=128, BN=128, TM=8, TN=4, KB=2, EXPAND=False)
+    elif M >= 128:
+        cfg = dict(BM=128, BN=64, TM=4, TN=4, KB=2, EXPAND=False)
+    else:
+        cfg = dict(BM=64, BN=64, TM=4, TN=4, KB=2, EXPAND=False)
+    return {**cfg, "WG": (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])}
 
 
 def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool = False,
@@ -191,38 +256,59 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
 
 
 def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
-         config: dict | None = None, act: str | None = None) -> list[Op]:
+         config: dict | None = None, act: str | None = None, route: str = "f32") -> list[Op]:
     """Record y(rows, N) = x(rows, K) · Wᵀ (+ y when residual), one op per weight slice.
-    x, y: buffers of `act` (default: the device's act_type); y may be (buffer, offset, size)."""
+    x: a buffer of `act` (default: the device's act_type) for the f32 route and the f16 variant
+    (route "f16"), or a Q8Act of rows × K for the int8 route (taken whenever x is one).
+    y: a buffer of `act`, or (buffer, offset, size)."""
     act = act or dev.act_type
     if lin.w8:
         raise ValueError("int8 weights go through the GEMV only (M == 1)")
-    cfg = dict(config or gemm_config(dev, rows, lin.N))
+    q8 = isinstance(x, Q8Act)
+    if route == "i8" and not q8:
+        raise ValueError("the int8 GEMM takes int8 activations (a Q8Act, from quantize_q8)")
+    route = "i8" if q8 else route
+    cfg = dict(config or gemm_config(dev, rows, lin.N, route))
     cfg.setdefault("WG", (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"]))
-    pipe = dev.pipeline("q4gsw_gemm", consts={**cfg, **lin.flags(), "RESIDUAL": residual},
-                        types={"act_t": act, "scale_t": dev.act_type},
-                        snippets=gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"]))
-    need(pipe.name, "x", x, rows * lin.K * esize(act))
+    if gemm_workgroup_bytes(cfg, route) > dev.max_workgroup_storage:  # (wgpu does not check override-sized arrays)
+        raise ValueError(f"GEMM tile {cfg} needs {gemm_workgroup_bytes(cfg, route)} bytes of workgroup memory; "
+                         f"{dev.name} has {dev.max_workgroup_storage}")
+    consts = {**cfg, **lin.flags(), "RESIDUAL": residual}
+    if q8:
+        consts.setdefault("KB", 2)
+        consts.setdefault("EXPAND", False)
+        pipe = dev.pipeline("q4gsw_gemm_i8", consts=consts, types={"act_t": act, "scale_t": dev.act_type},
+                            snippets=gemm_i8_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"], consts["KB"],
+                                                      lin.has_offsets, consts["EXPAND"]))
+        need(pipe.name, "x", x.xq, rows * lin.K)
+        need(pipe.name, "x scales", x.xd, rows * (lin.K // 32) * 8)
+        xb = {"xq": x.xq, "xd": x.xd}
+    else:
+        pipe = dev.pipeline("q4gsw_gemm", consts=consts,
+                            types={"act_t": act, "scale_t": dev.act_type, "mul_t": "f16" if route == "f16" else "f32"},
+                            snippets=gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"], f16=route == "f16"))
+        need(pipe.name, "x", x, rows * lin.K * esize(act))
+        xb = {"x": x}
     need(pipe.name, "y", y, rows * lin.N * esize(act))
     grid_m = -(-rows // cfg["BM"])
     if grid_m > dev.max_groups:
         raise ValueError(f"M={rows} is too many rows for one GEMM dispatch; prefill in chunks")
-    return [make_op(dev, pipe, {"x": x, **lin.weight_binds(s), "y": y}, (-(-s.n // cfg["BN"]), grid_m, 1),
+    return [make_op(dev, pipe, {**xb, **lin.weight_binds(s), "y": y}, (-(-s.n // cfg["BN"]), grid_m, 1),
                     [rows, s.n, lin.K, lin.N, s.n0]) for s in lin.slices]
 
 
 def linear(dev: Device, lin: Q4Linear, x, y, M: int, *, residual: bool = False, config: dict | None = None,
-           force: str | None = None, silu: bool = False, act: str | None = None) -> list[Op]:
+           force: str | None = None, silu: bool = False, act: str | None = None, route: str = "f32") -> list[Op]:
     """y(M, N) = x(M, K) · Wᵀ: the GEMV when M == 1, else the GEMM (`force` = "gemv" / "gemm"
-    overrides, for benchmarks and tests)."""
+    overrides, for benchmarks and tests); int8 activations (a Q8Act) take the int8 GEMM."""
     kind = force or ("gemv" if M == 1 else "gemm")
     if kind == "gemv" and M != 1:
         raise ValueError("the GEMV computes one row of activations (M == 1)")
     if kind == "gemv":
         return gemv(dev, lin, x, y, residual=residual, silu=silu, config=config, act=act)
-    if isinstance(x, Q8Act) or silu:
-        raise ValueError("int8 activations and the SiLU epilogue go through the GEMV only (M == 1)")
-    return gemm(dev, lin, x, y, rows=M, residual=residual, config=config, act=act)
+    if silu:
+        raise ValueError("the SiLU epilogue goes through the GEMV only (M == 1)")
+    return gemm(dev, lin, x, y, rows=M, residual=residual, config=config, act=act, route=route)
 
 
 def run_linear(dev: Device, lin: Q4Linear, x: np.ndarray, *, residual: np.ndarray | None = None,
