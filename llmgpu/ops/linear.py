@@ -95,15 +95,17 @@ def silu_gemv_config(dev: Device, K: int = 0) -> dict:
 
 # ---- the prefill GEMM: routes and tiles ----------------------------------------------------
 
-# The route `auto` takes, by adapter class: f32 on both for now, though the int8 route is faster
-# on lavapipe (pp128 of SmolLM2-135M 87 against 54 t/s) and costs +0.3 % perplexity, because int8
-# activations flip the default model's near-tied first answer to the README question ("The"
-# 25.33 against "L" 25.25 in f32; 24.75 against 24.89 through int8), which test_cli_real's golden
-# answer catches. The f16 variant keeps it (25.31 / 25.22) and is slower on lavapipe (32 t/s).
-# On GPUs the routes are unmeasured when written: `bash bench/device_gemm.sh` measures all three
-# on the H200. `--gemm i8|f16` (Model(gemm=...)) selects a route by hand. Model keeps f32 in
-# place of i8 where int8 activations are turned off (q8=False).
-GEMM_ROUTE = {"cpu": "f32", "gpu": "f32"}
+# The route `auto` takes, by adapter class. GPUs: int8, as llama.cpp's CUDA build quantizes
+# activations for its integer matrix kernels: on an H200 (bench/device_gemm.sh, BENCHMARKS.md)
+# 52–74 TFLOP/s against f32's 12–23 at M = 512, pp512 2.0–2.6× (8B 3 193 against 1 234 t/s), for
+# +0.3 % perplexity on the default model. CPU adapters: f32, though int8 is faster on lavapipe too
+# (pp128 of SmolLM2-135M 87 against 54 t/s), because int8 activations flip the default model's
+# near-tied first answer to the README question ("The" 25.33 against "L" 25.25 in f32; 24.75
+# against 24.89 through int8), which test_cli_real's golden answer catches — and would on a GPU
+# (`--gemm f32` keeps it there). The f16 variant keeps it (25.31 / 25.22) and is slower on both.
+# `--gemm i8|f16|f32` (Model(gemm=...)) selects a route by hand. Model keeps f32 in place of i8
+# where int8 activations are turned off (q8=False).
+GEMM_ROUTE = {"cpu": "f32", "gpu": "i8"}
 
 
 def gemm_routes(dev: Device) -> tuple[str, ...]:
@@ -185,18 +187,16 @@ def _norm_counter(dev: Device):
 def _i8_gemm_config(dev: Device, M: int, N: int) -> dict:
     """The int8 GEMM's tile: BM×BN outputs, TM×TN per invocation, KB blocks of 32 along K per
     step, EXPAND: weights unpacked to int8 once per tile in workgroup memory rather than by every
-    invocation. GPUs: by the f32 GEMM's rule of output tiles (unmeasured on a GPU when written;
-    bench/device_gemm.sh sweeps them). CPU adapters: from the lavapipe sweep (BENCHMARKS.md)."""
+    invocation. GPUs: from the H200 sweep at M = 512 (bench/device_gemm.sh); 128-row tiles
+    lost to 64-row ones on every shape. CPU adapters: from the lavapipe sweep (BENCHMARKS.md)."""
     if dev.is_cpu:  # as the f32 route's: 16×16 per invocation, the row tile as tall as M needs
         BM = 8
         while BM < min(M, 64):
             BM *= 2
         cfg = dict(BM=BM, BN=128, TM=min(16, BM), TN=16, KB=2 if BM <= 16 else 4, EXPAND=False)
-    elif M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
-        cfg = dict(BM=128, BN=128, TM=8, TN=4, KB=2, EXPAND=False)
-    elif M >= 128:
-        cfg = dict(BM=128, BN=64, TM=4, TN=4, KB=2, EXPAND=False)
-    else:
+    elif M >= 128 and -(-M // 64) * -(-N // 128) >= 128:  # H200 sweep: 57–72 TFLOP/s at M = 512
+        cfg = dict(BM=64, BN=128, TM=4, TN=8, KB=2, EXPAND=False)
+    else:  # fewer outputs: more, smaller tiles (8B k/v 1024×4096: 52 against 27 TFLOP/s)
         cfg = dict(BM=64, BN=64, TM=4, TN=4, KB=2, EXPAND=False)
     return {**cfg, "WG": (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])}
 
