@@ -74,7 +74,6 @@ class TokenLoop:
         usage = wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST
         self._free = [self.dev.device.create_buffer(size=self.k * REC_WORDS * 4, usage=usage, label="loop.ids")
                       for _ in range(self.ahead)]
-        self.steps = 0  # decode steps the GPU ran (speculative ones included)
 
     # ---- recording ---------------------------------------------------------------------
     def _kernel(self):
@@ -98,11 +97,9 @@ class TokenLoop:
                 else:
                     enc.copy_buffer_to_buffer(self.rec, 16 * p, m.step, 0, 16)
                     enc.copy_buffer_to_buffer(gs.out, 0, m.buf.ids, 0, 4)
-                cpass = enc.begin_compute_pass()
-                fastpath.record(cpass, ops, raw)
-                cpass.end()
-                self.steps += 1
             cpass = enc.begin_compute_pass()
+            if j > 0:
+                fastpath.record(cpass, ops, raw)
             sample.record(cpass)
             cpass.end()
             at = i * REC_WORDS * 4
