@@ -138,6 +138,7 @@ struct Range { first: u32, last: u32, _a: u32, _b: u32 }
 @group(0) @binding(30) var<storage, read_write> sync: array<atomic<u32>>;
 
 //#include q8_common
+//#include silu_q8
 //#include q4_dot
 //#include reduce
 //#include rope
@@ -153,8 +154,6 @@ var<workgroup> wsm: array<vec4<u32>, WSM4>;
 //#if !SG_ROWS
 var<workgroup> gred: array<f32, WG>;         // GEMV partial sums
 //#endif
-var<workgroup> ys: array<f32, 64>;           // gate/up sums of one block of 64 rows
-var<workgroup> av: array<vec4<f32>, 8>;      // silu(gate)·up of that block
 var<workgroup> stop: u32;                    // a grid barrier gave up: leave
 
 // ---- views of the workgroup memory ------------------------------------------------------
@@ -579,16 +578,8 @@ fn phase_up(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
             let s = row_sum(acc, lid, sgs);
             if (lid % TPR == 0u && r < 64u) { ys[r] = s; }
         }
-        workgroupBarrier();
-        if (lid < 8u) {
-            let i = 4u * lid;
-            let g = vec4<f32>(ys[i], ys[i + 1u], ys[i + 2u], ys[i + 3u]);
-            let up = vec4<f32>(ys[i + 32u], ys[i + 33u], ys[i + 34u], ys[i + 35u]);
-            av[lid] = g / (1.0 + exp(-g)) * up;
-        }
-        workgroupBarrier();
+        let q = silu_q8(lid);
         if (lid == 0u) {
-            let q = q8_block(av[0], av[1], av[2], av[3], av[4], av[5], av[6], av[7]);
             aq[2u * u] = q.w0;
             aq[2u * u + 1u] = q.w1;
             ad[u] = q.d;

@@ -9,13 +9,8 @@
 // spill; it needs BM·8 and BN·4 to be multiples of WG (whole tiles per invocation).
 //
 // Bindings (group 0):
-//   P    uniform  M, N (rows of W in this slice), K, ldy (row stride of y), n_off (first column)
 //   x    read     array<vec4<act_t>>  (M, K/4)
-//   w    read     array<vec4<u32>>    (N, K/32)
-//   sc   read     array<scale_t>      (N, K/GS)
-//   off  read     array<f32>          (N, K/GS)   when HAS_OFFSETS
-//   y    rw       array<act_t>        (M, ldy); this dispatch writes columns n_off .. n_off+N
-//   bias read     array<f32>          (N)         when HAS_BIAS
+//   P, w, sc, off, y, bias: as gemm_common.wgsl lists them (shared with the other GEMM)
 //
 // Each step stages a BM×32 slice of x and a BN×32 slice of dequantized W (scale and offset
 // applied in f32, then rounded to mul_t) in workgroup memory, k-major, then every thread
@@ -25,18 +20,7 @@
 // 32-wide k tile in vec4<f16> registers and adds them into the f32 accumulators after each
 // tile, so f16 rounding never sees more than 32 terms.
 
-struct Params { M: u32, N: u32, K: u32, ldy: u32, n_off: u32 }
-@group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<act_t>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> sc: array<scale_t>;
-//#if HAS_OFFSETS
-@group(0) @binding(4) var<storage, read> off: array<f32>;
-//#endif
-@group(0) @binding(5) var<storage, read_write> y: array<act_t>;
-//#if HAS_BIAS
-@group(0) @binding(7) var<storage, read> bias: array<f32>;
-//#endif
 
 override BM: u32 = 64u;
 override BN: u32 = 64u;
@@ -45,23 +29,13 @@ override TN: u32 = 4u;
 override WG: u32 = 256u;      // (BM / TM) · (BN / TN)
 override GS: u32 = 32u;
 override RESIDUAL: bool = false;
+//#include gemm_common
 const BK: u32 = 32u;
 override TX: u32 = BN / TN;   // threads along N
 override TY: u32 = BM / TM;   // threads along M
 var<workgroup> As: array<vec4<mul_t>, BK * BM / 4u>;   // [k][m/4]
 var<workgroup> Ws: array<vec4<mul_t>, BK * BN / 4u>;   // [k][n/4]
 
-fn put(m: u32, n: u32, v: f32) {
-    if (m < P.M && n < P.N) {
-        let yi = m * P.ldy + P.n_off + n;
-        var s = v;
-//#if HAS_BIAS
-        s += bias[n];
-//#endif
-        if (RESIDUAL) { s += f32(y[yi]); }
-        y[yi] = act_t(s);
-    }
-}
 
 // Global → registers: activation vec4 `idx` of the BM×32 tile at k0 (zero past row M).
 fn load_a(m0: u32, k0: u32, idx: u32) -> vec4<f32> {

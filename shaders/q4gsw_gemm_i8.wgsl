@@ -14,34 +14,18 @@
 // (gemm_i8_snippets) generates the //@ lines: named accumulator and prefetch registers.
 //
 // Bindings (group 0):
-//   P    uniform  M, N (rows of W in this slice), K, ldy (row stride of y), n_off (first column)
 //   xq   read     array<vec4<u32>>    (M, K/16)  int8 activations, per 8 values the bytes of
 //                                                 elements 0,2,4,6 then 1,3,5,7
 //   xd   read     array<vec2<f32>>    (M, K/32)  (d, 8·Q) per block
-//   w    read     array<vec4<u32>>    (N, K/32)
-//   sc   read     array<scale_t>      (N, K/GS)
-//   off  read     array<f32>          (N, K/GS)   when HAS_OFFSETS
-//   y    rw       array<act_t>        (M, ldy); this dispatch writes columns n_off .. n_off+N
-//   bias read     array<f32>          (N)         when HAS_BIAS
+//   P, w, sc, off, y, bias: as gemm_common.wgsl lists them (shared with the other GEMM)
 //
 // Each step stages KB blocks of BM activation rows and of BN weight rows in workgroup memory
 // (the next step's are loaded into registers first, so their latency hides behind the dot
 // products). Invocation (tx, ty) owns rows ty + i·BM/TM and columns tx + j·BN/TN: it keeps its
 // TM rows' 32 activation bytes in registers and streams its TN columns' weights.
 
-struct Params { M: u32, N: u32, K: u32, ldy: u32, n_off: u32 }
-@group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read> xd: array<vec2<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> sc: array<scale_t>;
-//#if HAS_OFFSETS
-@group(0) @binding(4) var<storage, read> off: array<f32>;
-//#endif
-@group(0) @binding(5) var<storage, read_write> y: array<act_t>;
-//#if HAS_BIAS
-@group(0) @binding(7) var<storage, read> bias: array<f32>;
-//#endif
 
 override BM: u32 = 64u;
 override BN: u32 = 64u;
@@ -51,6 +35,7 @@ override TN: u32 = 4u;
 override WG: u32 = 256u;       // (BM / TM) · (BN / TN)
 override GS: u32 = 32u;
 override RESIDUAL: bool = false;
+//#include gemm_common
 override EXPAND: bool = false;
 override TX: u32 = BN / TN;    // invocations along N
 override TY: u32 = BM / TM;    // invocations along M
@@ -62,18 +47,6 @@ var<workgroup> Aq: array<vec4<u32>, 2u * KB * BM>;   // [kb][m][2]: the 32 activ
 var<workgroup> Am: array<vec4<f32>, KB * BM>;        // [kb][m]: (d, bits of 1.5·2²³ − 8Q, d·Q, 0)
 var<workgroup> Wq: array<vec4<u32>, WW * KB * BN>;   // [kb][n][WW]: 32 nibbles, or 8 int8 words
 var<workgroup> Ws: array<vec2<f32>, KB * BN>;        // [kb][n]: (scale, offset) of the block's group
-
-fn put(m: u32, n: u32, v: f32) {
-    if (m < P.M && n < P.N) {
-        let yi = m * P.ldy + P.n_off + n;
-        var s = v;
-//#if HAS_BIAS
-        s += bias[n];
-//#endif
-        if (RESIDUAL) { s += f32(y[yi]); }
-        y[yi] = act_t(s);
-    }
-}
 
 // Global → registers, for the step whose first block is b0. Item `idx` of each kind; past the
 // tile's items, past row M or column N, or past the last block: zeros (scale 0, d 0).

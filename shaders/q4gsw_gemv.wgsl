@@ -72,9 +72,8 @@ struct Params { N: u32, K: u32, eps: f32, _b: u32 }
 //#if SILU
 @group(0) @binding(5) var<storage, read_write> yq: array<vec4<u32>>;
 @group(0) @binding(8) var<storage, read_write> yd: array<vec2<f32>>;
-var<workgroup> ys: array<f32, 64>;
-var<workgroup> av: array<vec4<f32>, 8>;
 //#include q8_common
+//#include silu_q8
 //#else
 //#if COHERENT
 @group(0) @binding(5) @coherent var<storage, read_write> y: array<act_t>;
@@ -175,17 +174,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     norm_after(lid, nwg.x * nwg.y * nwg.z);
 //#endif
 //#if SILU
-    workgroupBarrier();
-    if (lid < 8u) {
-        let i = 4u * lid;
-        let g = vec4<f32>(ys[i], ys[i + 1u], ys[i + 2u], ys[i + 3u]);
-        let u = vec4<f32>(ys[i + 32u], ys[i + 33u], ys[i + 34u], ys[i + 35u]);
-        av[lid] = g / (1.0 + exp(-g)) * u;
-    }
-    workgroupBarrier();
+    let q = silu_q8(lid);
     let blk = wid.x + wid.y * nwg.x;
     if (lid == 0u && blk * 64u < N) {
-        let q = q8_block(av[0], av[1], av[2], av[3], av[4], av[5], av[6], av[7]);
         yq[2u * blk] = q.w0;
         yq[2u * blk + 1u] = q.w1;
         yd[blk] = q.d;
