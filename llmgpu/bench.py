@@ -108,8 +108,8 @@ def profile_step(model, M: int = 1, pos0: int = 0) -> list[tuple[str, float, int
     n = len(ops)
     names = [op.name for op in ops]
     if M == 1 and model.decode_schedule == "phased":  # the decode kernel's dispatches, by phase kind
-        kinds = ["qkv", "attention", "o", "gate/up", "down"]
-        names = [f"phase {kinds[i % 5]}" for i in range(n - 1)] + ["phase head"]
+        from .decode import PHASE_KINDS
+        names = [f"phase {PHASE_KINDS[i % len(PHASE_KINDS)]}" for i in range(n - 1)] + ["phase head"]
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
     res = dev.buffer(size=16 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
                      binding=False, label="timestamps")

@@ -25,6 +25,7 @@ from .ops import Op, submit
 from .quant import Q4Tensor, Q8Tensor
 
 PHASES_PER_LAYER = 5
+PHASE_KINDS = ("qkv", "attention", "o", "gate/up", "down")  # phase 5·layer + k is of kind k; then the head
 WG = 256
 MAX_WEIGHTS = 2048  # combine weights in workgroup memory: n_heads · blocks
 
@@ -272,12 +273,11 @@ class DecodeKernel:
                 a, b = dev.read(res, np.uint64, (2,)).astype(np.float64)
                 runs.append(max(b - a, 0) * 1e-9)
             t[p] = float(np.median(runs))
-        kinds = ["qkv", "attention", "o", "gate/up", "down"]
         L = self.model.config.num_hidden_layers
-        per = {k: [] for k in kinds}
+        per = {k: [] for k in PHASE_KINDS}
         for p in ends:
             if p - 1 in t and p < self.n_phases and p <= 2 * PHASES_PER_LAYER:
-                per[kinds[(p - 1) % PHASES_PER_LAYER]].append(t[p] - t[p - 1])
+                per[PHASE_KINDS[(p - 1) % PHASES_PER_LAYER]].append(t[p] - t[p - 1])
         rows = [(f"phase {k}", L * float(np.mean(v)), L) for k, v in per.items() if v]
         rows.append(("phase head", t[self.n_phases] - t[self.n_phases - 1], 1))
         rows.append(("phase 0 + launch", t[1], 1))

@@ -308,14 +308,7 @@ class Model:
             att_ops = [self._attention_decode(i, b.att), ops.quantize_q8(dev, b.att, att, act="f32")]
         else:
             att_ops = [self._attention_decode(i, att)]
-        if not self.q8:
-            return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=eps),
-                    *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"), *att_ops,
-                    *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),
-                    ops.rmsnorm(dev, b.h, L.mlp_norm, x, rows=1, dim=d, eps=eps),
-                    *self._swiglu_decode(L, x, act),
-                    *ops.gemv(dev, L.down, act, b.h, residual=True, act="f32")]
-        if not self.fuse_norms:
+        if not (self.q8 and self.fuse_norms):
             return [ops.rmsnorm(dev, b.h, L.attn_norm, x, rows=1, dim=d, eps=eps),
                     *ops.gemv(dev, L.qkv, x, b.qkv, act="f32"), *att_ops,
                     *ops.gemv(dev, L.o, att, b.h, residual=True, act="f32"),
