@@ -4,9 +4,10 @@ supported architecture, with transformers running the *same dequantized q4gsw we
 What differs is float rounding: llmgpu keeps the KV cache in f16 (where the adapter has
 shader-f16) and, in its int8 decode path, rounds activations to 8 bits per 32 values. Bounds,
 as max |Δlogit| / max |logit| over all positions compared:
-  float path (q8=False): 1e-2     int8 decode path (q8=True): 0.1 (over 72 random checkpoints:
-  median 0.03, max 0.071), and where its top token differs from the reference's, the reference
-  logit of its pick is within twice that bound.
+  float path (q8=False): 1e-2; int8 decode path (q8=True): 0.1 against transformers with the
+  same int8 rounding of every layer linear's input. Over 126 random checkpoints that error had a
+  median of 0.026 and a max of 0.055 (f16 activations flip some roundings by one step); against
+  the float reference it reached 0.139 once (CI), as far as the int8 reference itself was from it.
 """
 import json
 
@@ -18,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from llmgpu.loader import load_checkpoint, quantize_checkpoint  # noqa: E402
 from llmgpu.model import Model  # noqa: E402
-from llmgpu.quant import Q4Tensor, Q8Tensor, dequantize  # noqa: E402
+from llmgpu.quant import Q4Tensor, Q8Tensor, dequantize, q8_activations  # noqa: E402
 
 from .conftest import get_device  # noqa: E402
 
@@ -59,8 +60,10 @@ def make_checkpoint(tmp_path, arch, rng, **extra):
     return quantize_checkpoint(load_checkpoint(tmp_path), group_size=32, progress=False), cfg
 
 
-def reference_logits(ckpt, hf_cfg, ids):
-    """transformers' logits with every linear replaced by its dequantized q4gsw weight."""
+def reference_logits(ckpt, hf_cfg, ids, q8_from=None):
+    """transformers' logits with every linear replaced by its dequantized q4gsw weight.
+    q8_from=p: from position p on, every layer linear's input is rounded to int8 per 32 values
+    first (quant.q8_activations), as llmgpu's int8 decode path does; lm_head stays float."""
     d = hf_cfg.to_dict()
     d["tie_word_embeddings"] = False  # llmgpu's lm_head is the q4gsw copy; the lookup stays float
     cfg = type(hf_cfg).from_dict(d)
@@ -70,6 +73,17 @@ def reference_logits(ckpt, hf_cfg, ids):
         sd[k] = torch.from_numpy(dequantize(t) if isinstance(t, (Q4Tensor, Q8Tensor)) else np.asarray(t, np.float32))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    if q8_from is not None:
+        def round_input(_mod, args):
+            x = args[0].clone()
+            rows = x[0, q8_from:].numpy()
+            x[0, q8_from:] = torch.from_numpy(q8_activations(rows.reshape(len(rows), -1)))
+            return (x,)
+        hooked = [m for n, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")]
+        assert len(hooked) == 7 * cfg.num_hidden_layers
+        for m in hooked:
+            m.register_forward_pre_hook(round_input)
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].double().numpy()
 
@@ -96,15 +110,16 @@ def test_model_matches_transformers(tmp_path, rng, arch):
     dec = np.stack(out)
     assert rel(dec, ref[12:]) < 1e-2, f"prefill + decode logits: {rel(dec, ref[12:]):.2e}"
 
-    # the int8 decode path
+    # the int8 decode path (prefill keeps float activations on this adapter: gemm f32), against
+    # the same model with int8-rounded linear inputs at the decoded positions
     m8 = Model(ckpt, dev=dev, max_seq=64, chunk=8, q8=True)
+    assert m8.gemm == "f32"
     out = [m8.prefill(ids[:13])] + [m8.decode(t) for t in ids[13:]]
     dec8 = np.stack(out)
-    assert rel(dec8, ref[12:]) < 0.1, f"int8 decode logits: {rel(dec8, ref[12:]):.2e}"
-    # where the int8 path picks another top token, the reference ranks it as a near-tie
-    r = ref[12:]
-    picked = r[np.arange(len(r)), dec8.argmax(1)]
-    assert np.all(picked >= r.max(1) - 2 * 0.1 * np.abs(r).max())
+    ref8 = reference_logits(ckpt, hf_cfg, ids, q8_from=13)[12:]
+    assert rel(dec8, ref8) < 0.1, f"int8 decode logits: {rel(dec8, ref8):.2e}"
+    # the rounding is real: the int8 reference is measurably off the float one
+    assert rel(ref8, ref[12:]) > 1e-3
 
 
 def test_context_overflow_is_a_clear_error(tmp_path, rng):
