@@ -53,6 +53,36 @@ def workgroup_bytes(cfg, max_seq: int, wg: int = WG) -> int:
     return 16 * max(gemv, cfg.hidden_size // 4, attention) + 4 * wg + 4 * 64 + 16 * 8 + 16
 
 
+def _batches(n: int, unroll: int) -> int:
+    """Load batches a lane runs for n chunks of a row (dot_K in decode_gemv.wgsl: batches of 16,
+    then 8, then 4 while they fit, then single chunks)."""
+    b = 0
+    for size in (16, 8, 4):
+        if unroll >= size:
+            b += n // size
+            n %= size
+    return b + n
+
+
+def row_split(rows: int, chunks: int, workgroups: int, max_tpr: int, unroll: int = 16,
+              min_tpr: int = 1, wg: int = WG) -> int:
+    """Threads per row for one weight (rows × chunks of 32 values) spread over `workgroups`
+    workgroups of `wg` lanes: the fewest dependent load round trips a workgroup runs (passes over
+    its rows × load batches per pass), ties to more threads a row (the rows then spread over
+    more workgroups). E.g. the 1B's gate/up (16384 × 64) at 132 workgroups: 4 threads a row,
+    2 passes of one 16-load batch, where 16 threads a row took 8 passes of 4 loads."""
+    best, best_cost = max_tpr, None
+    t = 1
+    while t <= max_tpr:
+        if t >= min_tpr:
+            units = -(-rows * t // wg)
+            cost = -(-units // workgroups) * _batches(-(-chunks // t), unroll)
+            if best_cost is None or cost <= best_cost:
+                best, best_cost = t, cost
+        t *= 2
+    return best
+
+
 def _stack(T: dict, names: list[list[str]], fuse=None) -> Q4Tensor:
     """Each layer's weight (rows of several tensors fused, optionally reordered) stacked along rows."""
     parts = []
@@ -105,7 +135,9 @@ class DecodeKernel:
         # of what the adapter keeps resident (launch_workgroups; measured once).
         self.workgroups = workgroups
         self.spin = 200_000  # iterations a grid barrier waits before it gives up (0: at once, for tests)
-        self.config: dict = {}  # kernel shape overrides for sweeps: WG (workgroup size), TPR (threads a row)
+        # kernel shape overrides for sweeps: WG (workgroup size), TPR (threads a row, every weight
+        # alike), TPR_qkv .. TPR_hd (one weight's), UNROLL (4, 8, 16), SPLIT=False (TPR for all)
+        self.config: dict = {}
         self._grid = 0
         self._ops: dict = {}
 
@@ -186,25 +218,39 @@ class DecodeKernel:
             return min(tpr, dev.subgroup_size), True
         return tpr, False
 
-    def consts(self, persistent: bool) -> dict:
+    def consts(self, persistent: bool, workgroups: int = 256) -> dict:
         cfg, m, dev = self.model.config, self.model, self.dev
         widest = max(cfg.hidden_size, cfg.intermediate_size, cfg.q_dim)
         tpr, sg_rows = self.row_threads()
         tpr = self.config.get("TPR", tpr)
         if dev.has_subgroups and tpr > dev.subgroup_size:
             raise ValueError(f"TPR {tpr} exceeds the subgroup size {dev.subgroup_size}")
-        return {**dict(WG=self.config.get("WG", WG), TPR=tpr, SG_ROWS=sg_rows, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,
+        wg = self.config.get("WG", WG)
+        # 16 loads in flight per lane on GPUs; 4 on CPU adapters, where the 16-load loop's code
+        # makes lavapipe compile the kernel ~4x longer (47 s vs 11 s for the tiny shape)
+        unroll = self.config.get("UNROLL", 4 if dev.is_cpu else 16)
+        split = {}
+        if self.config.get("SPLIT", True) and "TPR" not in self.config:
+            # per weight: (rows, chunks of 32 along K, load-batch size); the head runs batches of ≤ 8
+            d, ff, qd = cfg.hidden_size, cfg.intermediate_size, cfg.q_dim
+            shapes = {"qkv": (m.heads.qkv_dim, d // 32, unroll, 1), "o": (d, qd // 32, unroll, 1),
+                      "gu": (2 * ff, d // 32, unroll, wg // 64), "dn": (d, ff // 32, unroll, 1),
+                      "hd": (cfg.vocab_size, d // 32, min(unroll, 8), 1)}
+            for k, (rows, chunks, u, lo) in shapes.items():
+                split[f"TPR_{k}"] = row_split(rows, chunks, workgroups, tpr, u, min(lo, tpr), wg)
+        return {**dict(WG=wg, TPR=tpr, SG_ROWS=sg_rows, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,
                     NKV=cfg.num_key_value_heads, HD=cfg.head_dim, V=cfg.vocab_size, NL=cfg.num_hidden_layers,
                     MAXSEQ=m.max_seq, GS=self.group_size, EPS=float(cfg.rms_norm_eps), BLOCK=self.block,
                     CSTRIDE=m.kv.stride // (4 * np.dtype(dev.act_dtype).itemsize), XS4=widest // 16, XD=widest // 32,
                     PERSISTENT=persistent, COHERENT=dev.has_coherent, SUBGROUPS=dev.has_subgroups,
                     HAS_OFFSETS=self.has_offsets, QKV_BIAS=self.qkv_bias, O_BIAS=self.o_bias, QK_NORM=cfg.qk_norm,
-                    HEAD_W8=self.head_w8, HEAD_OFFSETS=self.head_offsets, SPIN=self.spin, UNROLL=4),
-                **{k: v for k, v in self.config.items() if k not in ("WG", "TPR")}}
+                    HEAD_W8=self.head_w8, HEAD_OFFSETS=self.head_offsets, SPIN=self.spin, UNROLL=unroll),
+                **split, **{k: v for k, v in self.config.items() if k not in ("WG", "TPR", "SPLIT")}}
 
-    def _op(self, persistent: bool, first: int, last: int, workgroups: int) -> Op:
+    def _op(self, persistent: bool, first: int, last: int, workgroups: int, split_for: int | None = None) -> Op:
+        """split_for: the workgroup count the rows are split for (default: workgroups)."""
         m, dev = self.model, self.dev
-        pipe = dev.pipeline("decode", consts=self.consts(persistent),
+        pipe = dev.pipeline("decode", consts=self.consts(persistent, split_for or workgroups),
                             types={"act_t": dev.act_type, "cache_t": dev.act_type, "emb_t": m.embedding.dtype})
         rng = dev.uniform([first, last], label="decode.range")
         binds = {**self.w, **self.scratch, "S": self.step, "emb": m.embedding.t0, "cs": m.rope,
@@ -238,7 +284,7 @@ class DecodeKernel:
     def resident_workgroups(self, launch: int = 4096) -> int:
         """How many workgroups of the persistent pipeline run at once on this adapter (discover()
         in decode.wgsl): a persistent launch must not exceed it."""
-        op = self._op(True, 0xFFFFFFFF, 0, launch)
+        op = self._op(True, 0xFFFFFFFF, 0, launch, split_for=256)
         self.dev.write(self.sync, np.zeros(4, np.uint32))
         submit(self.dev, [op])
         n = int(self.dev.read(self.sync, np.uint32, (4,))[3])

@@ -53,8 +53,19 @@
 //                   [1] error flag (a spin ran out), [2], [3] occupancy discovery (discover())
 
 override WG: u32 = 256u;
-override TPR: u32 = 32u;          // threads per weight row (a power of two, divides WG)
-override RPW: u32 = WG / TPR;     // rows per pass of a workgroup
+override TPR: u32 = 32u;          // threads per weight row (a power of two, divides WG), by default
+// ... and per weight (the host picks each so that a phase's loads are in flight at once: few rows
+// per lane pass where K is long, more where rows are many), with the rows a workgroup pass covers
+override TPR_qkv: u32 = TPR;
+override TPR_o: u32 = TPR;
+override TPR_gu: u32 = TPR;       // ≥ WG / 64: a pass covers at most the 64 rows of one gate/up block
+override TPR_dn: u32 = TPR;
+override TPR_hd: u32 = TPR;
+override RPW_qkv: u32 = WG / TPR_qkv;
+override RPW_o: u32 = WG / TPR_o;
+override RPW_gu: u32 = WG / TPR_gu;
+override RPW_dn: u32 = WG / TPR_dn;
+override RPW_hd: u32 = WG / TPR_hd;
 override D: u32 = 64u;
 override FF: u32 = 128u;
 override NH: u32 = 4u;
@@ -67,7 +78,7 @@ override GS: u32 = 32u;
 override EPS: f32 = 1e-5;
 override BLOCK: u32 = 128u;       // attention positions per unit (≤ WG)
 override SPIN: u32 = 2000000u;    // iterations a grid barrier waits before it gives up
-override UNROLL: u32 = 4u;        // weight loads a GEMV lane issues at once (4 or 8)
+override UNROLL: u32 = 4u;        // weight loads a GEMV lane issues at once (4, 8 or 16)
 override NORM_REG: bool = true;   // norms read their block once where D ≤ 32·WG (false: tests the other path)
 override QD: u32 = NH * HD;
 override QKVD: u32 = (NH + 2u * NKV) * HD;
@@ -147,7 +158,7 @@ struct Range { first: u32, last: u32, _a: u32, _b: u32 }
 // an SM keeps resident, measured: bench/occupancy_probe.py), phases separated by barriers:
 //   GEMV phases  xs: int8 activations [0, XS4) · xds: their (scale, 8·Σq), two per vec4, [XS4, W0)
 //   O phase      also the attention combine weights wts at [W0, W0 + NWTS/4)
-//   head         xf: f32 activations [0, D4)
+//   head         xf: f32 activations [0, D4), vec4 j of chunk c (32 values) at j · D/32 + c
 //   attention    oacc: weighted values per position group [0, WG) · qs (query), vf (value), qf, kf
 //                (rotated query and key, scalars), sb (one block's scores): HD/4 vec4 each, then BLOCK/4
 var<workgroup> wsm: array<vec4<u32>, WSM4>;
@@ -319,8 +330,9 @@ fn hd_s(r: u32, c: u32) -> vec2<f32> {
 
 // One loaded chunk · the f32 activations in xf.
 fn hd_chunk(c: u32, q: vec4<u32>, p: vec4<u32>, so: vec2<f32>) -> f32 {
-    let x0 = v4_get(8u * c); let x1 = v4_get(8u * c + 1u); let x2 = v4_get(8u * c + 2u); let x3 = v4_get(8u * c + 3u);
-    let x4 = v4_get(8u * c + 4u); let x5 = v4_get(8u * c + 5u); let x6 = v4_get(8u * c + 6u); let x7 = v4_get(8u * c + 7u);
+    let n = D / 32u;   // xf holds vec4 j of chunk c at j·n + c (lanes on neighbouring chunks: no bank conflicts)
+    let x0 = v4_get(c); let x1 = v4_get(n + c); let x2 = v4_get(2u * n + c); let x3 = v4_get(3u * n + c);
+    let x4 = v4_get(4u * n + c); let x5 = v4_get(5u * n + c); let x6 = v4_get(6u * n + c); let x7 = v4_get(7u * n + c);
 //#if HEAD_W8
     return so.x * ((fdot8w(q.x, q.y, x0, x1) + fdot8w(q.z, q.w, x2, x3)) + (fdot8w(p.x, p.y, x4, x5) + fdot8w(p.z, p.w, x6, x7)));
 //#else
@@ -338,43 +350,43 @@ fn dot_hd(r: u32, lane: u32) -> f32 {
     var a1 = 0.0;
     var c = lane;
     if (UNROLL >= 8u) {
-        for (; c + 7u * TPR < nch; c += 8u * TPR) {
-            let q0 = hd_q(r, c); let q1 = hd_q(r, c + TPR); let q2 = hd_q(r, c + 2u * TPR); let q3 = hd_q(r, c + 3u * TPR);
-            let q4 = hd_q(r, c + 4u * TPR); let q5 = hd_q(r, c + 5u * TPR); let q6 = hd_q(r, c + 6u * TPR); let q7 = hd_q(r, c + 7u * TPR);
-            let p0 = hd_p(r, c); let p1 = hd_p(r, c + TPR); let p2 = hd_p(r, c + 2u * TPR); let p3 = hd_p(r, c + 3u * TPR);
-            let p4 = hd_p(r, c + 4u * TPR); let p5 = hd_p(r, c + 5u * TPR); let p6 = hd_p(r, c + 6u * TPR); let p7 = hd_p(r, c + 7u * TPR);
-            let s0 = hd_s(r, c); let s1 = hd_s(r, c + TPR); let s2 = hd_s(r, c + 2u * TPR); let s3 = hd_s(r, c + 3u * TPR);
-            let s4 = hd_s(r, c + 4u * TPR); let s5 = hd_s(r, c + 5u * TPR); let s6 = hd_s(r, c + 6u * TPR); let s7 = hd_s(r, c + 7u * TPR);
-            a0 += (hd_chunk(c, q0, p0, s0) + hd_chunk(c + TPR, q1, p1, s1)) + (hd_chunk(c + 2u * TPR, q2, p2, s2) + hd_chunk(c + 3u * TPR, q3, p3, s3));
-            a1 += (hd_chunk(c + 4u * TPR, q4, p4, s4) + hd_chunk(c + 5u * TPR, q5, p5, s5)) + (hd_chunk(c + 6u * TPR, q6, p6, s6) + hd_chunk(c + 7u * TPR, q7, p7, s7));
+        for (; c + 7u * TPR_hd < nch; c += 8u * TPR_hd) {
+            let q0 = hd_q(r, c); let q1 = hd_q(r, c + TPR_hd); let q2 = hd_q(r, c + 2u * TPR_hd); let q3 = hd_q(r, c + 3u * TPR_hd);
+            let q4 = hd_q(r, c + 4u * TPR_hd); let q5 = hd_q(r, c + 5u * TPR_hd); let q6 = hd_q(r, c + 6u * TPR_hd); let q7 = hd_q(r, c + 7u * TPR_hd);
+            let p0 = hd_p(r, c); let p1 = hd_p(r, c + TPR_hd); let p2 = hd_p(r, c + 2u * TPR_hd); let p3 = hd_p(r, c + 3u * TPR_hd);
+            let p4 = hd_p(r, c + 4u * TPR_hd); let p5 = hd_p(r, c + 5u * TPR_hd); let p6 = hd_p(r, c + 6u * TPR_hd); let p7 = hd_p(r, c + 7u * TPR_hd);
+            let s0 = hd_s(r, c); let s1 = hd_s(r, c + TPR_hd); let s2 = hd_s(r, c + 2u * TPR_hd); let s3 = hd_s(r, c + 3u * TPR_hd);
+            let s4 = hd_s(r, c + 4u * TPR_hd); let s5 = hd_s(r, c + 5u * TPR_hd); let s6 = hd_s(r, c + 6u * TPR_hd); let s7 = hd_s(r, c + 7u * TPR_hd);
+            a0 += (hd_chunk(c, q0, p0, s0) + hd_chunk(c + TPR_hd, q1, p1, s1)) + (hd_chunk(c + 2u * TPR_hd, q2, p2, s2) + hd_chunk(c + 3u * TPR_hd, q3, p3, s3));
+            a1 += (hd_chunk(c + 4u * TPR_hd, q4, p4, s4) + hd_chunk(c + 5u * TPR_hd, q5, p5, s5)) + (hd_chunk(c + 6u * TPR_hd, q6, p6, s6) + hd_chunk(c + 7u * TPR_hd, q7, p7, s7));
         }
     }
-    for (; c + 3u * TPR < nch; c += 4u * TPR) {
-        let q0 = hd_q(r, c); let q1 = hd_q(r, c + TPR); let q2 = hd_q(r, c + 2u * TPR); let q3 = hd_q(r, c + 3u * TPR);
-        let p0 = hd_p(r, c); let p1 = hd_p(r, c + TPR); let p2 = hd_p(r, c + 2u * TPR); let p3 = hd_p(r, c + 3u * TPR);
-        let s0 = hd_s(r, c); let s1 = hd_s(r, c + TPR); let s2 = hd_s(r, c + 2u * TPR); let s3 = hd_s(r, c + 3u * TPR);
-        a0 += hd_chunk(c, q0, p0, s0) + hd_chunk(c + TPR, q1, p1, s1);
-        a1 += hd_chunk(c + 2u * TPR, q2, p2, s2) + hd_chunk(c + 3u * TPR, q3, p3, s3);
+    for (; c + 3u * TPR_hd < nch; c += 4u * TPR_hd) {
+        let q0 = hd_q(r, c); let q1 = hd_q(r, c + TPR_hd); let q2 = hd_q(r, c + 2u * TPR_hd); let q3 = hd_q(r, c + 3u * TPR_hd);
+        let p0 = hd_p(r, c); let p1 = hd_p(r, c + TPR_hd); let p2 = hd_p(r, c + 2u * TPR_hd); let p3 = hd_p(r, c + 3u * TPR_hd);
+        let s0 = hd_s(r, c); let s1 = hd_s(r, c + TPR_hd); let s2 = hd_s(r, c + 2u * TPR_hd); let s3 = hd_s(r, c + 3u * TPR_hd);
+        a0 += hd_chunk(c, q0, p0, s0) + hd_chunk(c + TPR_hd, q1, p1, s1);
+        a1 += hd_chunk(c + 2u * TPR_hd, q2, p2, s2) + hd_chunk(c + 3u * TPR_hd, q3, p3, s3);
     }
-    for (; c < nch; c += TPR) { a0 += hd_chunk(c, hd_q(r, c), hd_p(r, c), hd_s(r, c)); }
+    for (; c < nch; c += TPR_hd) { a0 += hd_chunk(c, hd_q(r, c), hd_p(r, c), hd_s(r, c)); }
     return a0 + a1;
 }
 
-// The TPR lanes' parts of each row of a pass summed; valid in lane 0 of each row (lid % TPR == 0).
+// The tpr lanes' parts of each row of a pass summed; valid in lane 0 of each row (lid % tpr == 0).
 //#if SG_ROWS
-// TPR ≤ the subgroup size: a row's lanes are in one subgroup, so no workgroup barrier.
-fn row_sum(acc: f32, lid: u32, sgs: u32) -> f32 {
+// tpr ≤ the subgroup size: a row's lanes are in one subgroup, so no workgroup barrier.
+fn row_sum(acc: f32, lid: u32, sgs: u32, tpr: u32) -> f32 {
     var a = acc;
-    for (var o = TPR / 2u; o > 0u; o /= 2u) { a += subgroupShuffleXor(a, o); }
+    for (var o = tpr / 2u; o > 0u; o /= 2u) { a += subgroupShuffleXor(a, o); }
     return a;
 }
 //#else
-fn row_sum(acc: f32, lid: u32, sgs: u32) -> f32 {
+fn row_sum(acc: f32, lid: u32, sgs: u32, tpr: u32) -> f32 {
     gred[lid] = acc;
     workgroupBarrier();
     var s = 0.0;
-    if (lid % TPR == 0u) {
-        for (var i = 0u; i < TPR; i++) { s += gred[lid + i]; }
+    if (lid % tpr == 0u) {
+        for (var i = 0u; i < tpr; i++) { s += gred[lid + i]; }
     }
     workgroupBarrier();
     return s;
@@ -384,7 +396,7 @@ fn row_sum(acc: f32, lid: u32, sgs: u32) -> f32 {
 // ---- the phases -------------------------------------------------------------------------
 
 fn phase_qkv(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
-    let units = (QKVD + RPW - 1u) / RPW;
+    let units = (QKVD + RPW_qkv - 1u) / RPW_qkv;
     if (w >= units) { return; }
     norm_q8(l * D, l == 0u, lid, sgs);
     if (l == 0u && w == 0u) {   // the residual stream starts as the embedding (read from phase 2 on)
@@ -394,11 +406,11 @@ fn phase_qkv(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
         }
     }
     for (var u = w; u < units; u += nw) {
-        let row = u * RPW + lid / TPR;
+        let row = u * RPW_qkv + lid / TPR_qkv;
         var acc = 0.0;
-        if (row < QKVD) { acc = dot_qkv(l * QKVD + row, D, lid % TPR); }
-        let s = row_sum(acc, lid, sgs);
-        if (lid % TPR == 0u && row < QKVD) {
+        if (row < QKVD) { acc = dot_qkv(l * QKVD + row, D, lid % TPR_qkv); }
+        let s = row_sum(acc, lid, sgs, TPR_qkv);
+        if (lid % TPR_qkv == 0u && row < QKVD) {
             var y = s;
 //#if QKV_BIAS
             y += b_qkv[l * QKVD + row];
@@ -542,7 +554,7 @@ fn att4(e: u32) -> vec4<f32> {
 }
 
 fn phase_o(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
-    let units = (D + RPW - 1u) / RPW;
+    let units = (D + RPW_o - 1u) / RPW_o;
     if (w >= units) { return; }
     combine_weights(lid);
     for (var b = lid; b < QD / 32u; b += WG) {   // the attention output → int8
@@ -552,11 +564,11 @@ fn phase_o(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
     }
     workgroupBarrier();
     for (var u = w; u < units; u += nw) {
-        let row = u * RPW + lid / TPR;
+        let row = u * RPW_o + lid / TPR_o;
         var acc = 0.0;
-        if (row < D) { acc = dot_o(l * D + row, QD, lid % TPR); }
-        let s = row_sum(acc, lid, sgs);
-        if (lid % TPR == 0u && row < D) {
+        if (row < D) { acc = dot_o(l * D + row, QD, lid % TPR_o); }
+        let s = row_sum(acc, lid, sgs, TPR_o);
+        if (lid % TPR_o == 0u && row < D) {
             var y = h[row] + s;
 //#if O_BIAS
             y += b_o[l * D + row];
@@ -571,12 +583,12 @@ fn phase_up(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
     if (w >= units) { return; }
     norm_q8(NL * D + l * D, false, lid, sgs);
     for (var u = w; u < units; u += nw) {
-        for (var p = 0u; p < 64u; p += RPW) {   // (RPW > 64: the lanes of rows 64 .. RPW idle)
-            let r = p + lid / TPR;
+        for (var p = 0u; p < 64u; p += RPW_gu) {   // (RPW_gu > 64: the lanes of rows 64 .. RPW_gu idle)
+            let r = p + lid / TPR_gu;
             var acc = 0.0;
-            if (r < 64u) { acc = dot_gu(l * 2u * FF + 64u * u + r, D, lid % TPR); }
-            let s = row_sum(acc, lid, sgs);
-            if (lid % TPR == 0u && r < 64u) { ys[r] = s; }
+            if (r < 64u) { acc = dot_gu(l * 2u * FF + 64u * u + r, D, lid % TPR_gu); }
+            let s = row_sum(acc, lid, sgs, TPR_gu);
+            if (lid % TPR_gu == 0u && r < 64u) { ys[r] = s; }
         }
         let q = silu_q8(lid);
         if (lid == 0u) {
@@ -589,32 +601,32 @@ fn phase_up(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
 }
 
 fn phase_down(l: u32, w: u32, nw: u32, lid: u32, sgs: u32) {
-    let units = (D + RPW - 1u) / RPW;
+    let units = (D + RPW_dn - 1u) / RPW_dn;
     if (w >= units) { return; }
     for (var i = lid; i < FF / 16u; i += WG) { wsm[i] = aq[i]; }
     for (var i = lid; i < FF / 32u; i += WG) { xds_put(i, ad[i]); }
     workgroupBarrier();
     for (var u = w; u < units; u += nw) {
-        let row = u * RPW + lid / TPR;
+        let row = u * RPW_dn + lid / TPR_dn;
         var acc = 0.0;
-        if (row < D) { acc = dot_dn(l * D + row, FF, lid % TPR); }
-        let s = row_sum(acc, lid, sgs);
-        if (lid % TPR == 0u && row < D) { h[row] = h[row] + s; }
+        if (row < D) { acc = dot_dn(l * D + row, FF, lid % TPR_dn); }
+        let s = row_sum(acc, lid, sgs, TPR_dn);
+        if (lid % TPR_dn == 0u && row < D) { h[row] = h[row] + s; }
     }
 }
 
 fn phase_head(w: u32, nw: u32, lid: u32, sgs: u32) {
-    let units = (V + RPW - 1u) / RPW;
+    let units = (V + RPW_hd - 1u) / RPW_hd;
     if (w >= units) { return; }
     let r = resid_inv_rms(false, lid, sgs);
-    for (var i = lid; i < D4; i += WG) { v4_put(i, normed4(i, r, 2u * NL * D, false)); }
+    for (var i = lid; i < D4; i += WG) { v4_put((i % 8u) * (D / 32u) + i / 8u, normed4(i, r, 2u * NL * D, false)); }
     workgroupBarrier();
     for (var u = w; u < units; u += nw) {
-        let row = u * RPW + lid / TPR;
+        let row = u * RPW_hd + lid / TPR_hd;
         var acc = 0.0;
-        if (row < V) { acc = dot_hd(row, lid % TPR); }
-        let s = row_sum(acc, lid, sgs);
-        if (lid % TPR == 0u && row < V) { logits[row] = s; }
+        if (row < V) { acc = dot_hd(row, lid % TPR_hd); }
+        let s = row_sum(acc, lid, sgs, TPR_hd);
+        if (lid % TPR_hd == 0u && row < V) { logits[row] = s; }
     }
 }
 
