@@ -228,7 +228,7 @@ class DecodeKernel:
         wg = self.config.get("WG", WG)
         # 16 loads in flight per lane on GPUs; 4 on CPU adapters, where the 16-load loop's code
         # makes lavapipe compile the kernel ~4x longer (47 s vs 11 s for the tiny shape)
-        unroll = self.config.get("UNROLL", 4 if dev.is_cpu else 16)
+        unroll = self.config.get("UNROLL", 4 if dev.is_cpu else 8)
         split = {}
         if self.config.get("SPLIT", True) and "TPR" not in self.config:
             # per weight: (rows, chunks of 32 along K, load-batch size); the head runs batches of ≤ 8
