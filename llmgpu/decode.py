@@ -69,8 +69,10 @@ def row_split(rows: int, chunks: int, workgroups: int, max_tpr: int, unroll: int
     """Threads per row for one weight (rows × chunks of 32 values) spread over `workgroups`
     workgroups of `wg` lanes: the fewest dependent load round trips a workgroup runs (passes over
     its rows × load batches per pass), ties to more threads a row (the rows then spread over
-    more workgroups). E.g. the 1B's gate/up (16384 × 64) at 132 workgroups: 4 threads a row,
-    2 passes of one 16-load batch, where 16 threads a row took 8 passes of 4 loads."""
+    more workgroups). E.g. the 1B's gate/up (16384 × 64) at 132 workgroups, 8-load batches:
+    4 threads a row, 2 passes of two batches, where 16 threads a row took 8 passes of 4 loads.
+    On the H200 the split gave the 1B 812-852 t/s against 796 (the head's phase 282 → 121 µs)
+    and the 8B 287 against 284 (BENCHMARKS.md)."""
     best, best_cost = max_tpr, None
     t = 1
     while t <= max_tpr:
@@ -226,8 +228,9 @@ class DecodeKernel:
         if dev.has_subgroups and tpr > dev.subgroup_size:
             raise ValueError(f"TPR {tpr} exceeds the subgroup size {dev.subgroup_size}")
         wg = self.config.get("WG", WG)
-        # 16 loads in flight per lane on GPUs; 4 on CPU adapters, where the 16-load loop's code
-        # makes lavapipe compile the kernel ~4x longer (47 s vs 11 s for the tiny shape)
+        # 8 loads in flight per lane on GPUs (H200: 16 was slower on the 8B, 267 vs 287 t/s, and
+        # level on the 1B); 4 on CPU adapters, where the longer loops make lavapipe compile the
+        # kernel 2-4x longer (tiny shape: 11 s at 4, 24 s at 8, 47 s at 16)
         unroll = self.config.get("UNROLL", 4 if dev.is_cpu else 8)
         split = {}
         if self.config.get("SPLIT", True) and "TPR" not in self.config:
