@@ -10,8 +10,9 @@ Two schedules run the same phase code:
 * ``phased``: one dispatch per phase; the dispatch boundary is the barrier. Runs on any adapter
   (lavapipe in CI), which is how the tests check the very code the persistent schedule runs.
 
-The kernel reads the weights stacked over layers (one buffer per projection kind), so a model
-that uses it holds its q4gsw weights twice on the GPU (the per-layer copies serve prefill).
+The kernel reads the weights stacked over layers (one buffer per projection kind); the per-layer
+linears that prefill and the per-op path use become views of those buffers where the adapter can
+bind a layer's rows at their offset (`_share_with_layers`), so the weights are on the GPU once.
 `DecodeKernel.unsupported(model)` says why a model cannot use it (then decode stays on the
 per-op dispatches of `Model.decode_layer`).
 """
@@ -162,14 +163,22 @@ class DecodeKernel:
             if self.has_offsets:
                 off = t.offsets if t.offsets is not None else np.zeros(t.scales.shape, np.float32)
                 self.w[f"o_{k}"] = dev.buffer(off, label=f"decode.o_{k}")
+        self.shared_layers = self._share_with_layers()
         self._upload_biases(T, a)
         head = T["lm_head.weight"]
         self.head_w8 = isinstance(head, Q8Tensor)
         self.head_offsets = not self.head_w8 and head.offsets is not None
-        self.w["w_hd"] = dev.buffer(head.qweight, label="decode.w_hd")
-        self.w["s_hd"] = dev.buffer(head.scales.astype(dev.act_dtype), label="decode.s_hd")
-        if self.head_offsets:
-            self.w["o_hd"] = dev.buffer(head.offsets, label="decode.o_hd")
+        lm = self.model.lm_head
+        if len(lm.slices) == 1:  # the model's own lm_head buffers (the same data), not a second copy
+            sl = lm.slices[0]
+            self.w["w_hd"], self.w["s_hd"] = sl.qweight, sl.scales
+            if self.head_offsets:
+                self.w["o_hd"] = sl.offsets
+        else:
+            self.w["w_hd"] = dev.buffer(head.qweight, label="decode.w_hd")
+            self.w["s_hd"] = dev.buffer(head.scales.astype(dev.act_dtype), label="decode.s_hd")
+            if self.head_offsets:
+                self.w["o_hd"] = dev.buffer(head.offsets, label="decode.o_hd")
         if not self.head_w8 and head.group_size != self.group_size:
             raise ValueError("the decode kernel needs lm_head in the layers' group size")
         norms = [T[f"model.layers.{i}.input_layernorm.weight"] for i in range(L)]
@@ -179,6 +188,33 @@ class DecodeKernel:
             norms += [T[p + "q_norm.weight"] for p in a] + [T[p + "k_norm.weight"] for p in a]
         self.w["nrm"] = dev.buffer(np.concatenate([np.asarray(n, np.float32).ravel() for n in norms]),
                                    label="decode.norms")
+
+    def _share_with_layers(self) -> int:
+        """Point the per-layer linears (prefill, the per-op path) at their rows of the stacked
+        buffers and free their own copies, so the weights are on the GPU once. A layer's weight
+        stays separate where its rows do not start at an offset the adapter can bind (a multiple
+        of its min-storage-buffer-offset-alignment) or it is split over several buffers.
+        -> weights shared."""
+        dev, align, shared = self.dev, self.dev.storage_align, 0
+        for k, attr in (("qkv", "qkv"), ("o", "o"), ("gu", "gate_up"), ("dn", "down")):
+            for i, layer in enumerate(self.model.layers):
+                lin = getattr(layer, attr)
+                if len(lin.slices) != 1 or isinstance(lin.slices[0].qweight, tuple):
+                    continue
+                sl = lin.slices[0]
+                rows, groups = lin.N, lin.K // lin.group_size
+                views = {"qweight": (self.w[f"w_{k}"], i * rows * lin.K // 2, rows * lin.K // 2),
+                         "scales": (self.w[f"s_{k}"], i * rows * groups * np.dtype(dev.act_dtype).itemsize,
+                                    rows * groups * np.dtype(dev.act_dtype).itemsize)}
+                if sl.offsets is not None:
+                    views["offsets"] = (self.w[f"o_{k}"], i * rows * groups * 4, rows * groups * 4)
+                if any(off % align for _, off, _ in views.values()):
+                    continue
+                for name, view in views.items():
+                    getattr(sl, name).destroy()
+                    setattr(sl, name, view)
+                shared += 1
+        return shared
 
     def _upload_biases(self, T: dict, a: list[str]) -> None:
         cfg, dev = self.model.config, self.dev

@@ -176,6 +176,7 @@ class Device:
         self.has_dot4i8 = not langs or "packed_4x8_integer_dot_product" in langs
         lim = self.device.limits
         self.max_binding = int(lim["max-storage-buffer-binding-size"])
+        self.storage_align = int(lim["min-storage-buffer-offset-alignment"])  # a binding's byte offset
         self.max_buffer = int(lim["max-buffer-size"])
         self.max_workgroup_storage = int(lim["max-compute-workgroup-storage-size"])
         self.max_invocations = int(lim["max-compute-invocations-per-workgroup"])

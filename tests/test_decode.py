@@ -167,3 +167,27 @@ def test_persistent_equals_phased_on_a_gpu(tmp_path, rng, arch):
         assert m.decode_schedule == "persistent", "a grid barrier gave up"
         ph = decode_run(Model(ckpt, dev=dev, max_seq=320, chunk=64, decode="phased"), ids, 280)
         assert rel(got, ph) < 1e-5, f"{workgroups} workgroups: {rel(got, ph):.2e}"
+
+
+def test_layers_read_the_kernels_stacked_weights(rng):
+    """With the decode kernel, the per-layer linears (prefill, the per-op path) are views of its
+    stacked buffers where the adapter can bind a layer's rows at their offset, and the lm_head is
+    one buffer for both: the weights are on the GPU once. Prefill through the views gives the very
+    logits of a model with its own per-layer copies (a wrong offset or size would not)."""
+    ckpt = offsets_checkpoint(rng)  # per-group offsets: three views per weight
+    ids = [int(i) for i in rng.integers(0, 2048, 11)]
+    dev = get_device()
+    m = Model(ckpt, dev=dev, max_seq=32, chunk=4, decode="phased")
+    k, layers = m.kernel, m.layers
+    assert k.shared_layers >= 4 * len(layers) - 2  # all, or all but where an offset is unaligned
+    for kind, attr in (("qkv", "qkv"), ("o", "o"), ("gu", "gate_up"), ("dn", "down")):
+        sl = getattr(layers[-1], attr).slices[0]
+        if isinstance(sl.qweight, tuple):
+            assert sl.qweight[0] is k.w[f"w_{kind}"] and sl.scales[0] is k.w[f"s_{kind}"]
+            assert sl.offsets[0] is k.w[f"o_{kind}"] and sl.qweight[1] > 0
+    assert k.w["w_hd"] is m.lm_head.slices[0].qweight
+    own = Model(ckpt, dev=dev, max_seq=32, chunk=4, decode="ops")
+    assert own.kernel is None and not isinstance(own.layers[-1].qkv.slices[0].qweight, tuple)
+    np.testing.assert_array_equal(m.logits(ids), own.logits(ids))
+    got = decode_run(m, ids, 6)
+    assert m_ok(got) and rel(got, decode_run(own, ids, 6)) < INT8_PATHS
