@@ -55,17 +55,17 @@ def workgroup_bytes(cfg, max_seq: int, wg: int = WG) -> int:
 
 
 def _batches(n: int, unroll: int) -> int:
-    """Load batches a lane runs for n chunks of a row (dot_K in decode_gemv.wgsl: batches of 16,
-    then 8, then 4 while they fit, then single chunks)."""
+    """Load batches a lane runs for n chunks of a row (dot_K in decode_gemv.wgsl: batches of 8
+    (UNROLL 8), then 4 while they fit, then single chunks)."""
     b = 0
-    for size in (16, 8, 4):
+    for size in (8, 4):
         if unroll >= size:
             b += n // size
             n %= size
     return b + n
 
 
-def row_split(rows: int, chunks: int, workgroups: int, max_tpr: int, unroll: int = 16,
+def row_split(rows: int, chunks: int, workgroups: int, max_tpr: int, unroll: int = 8,
               min_tpr: int = 1, wg: int = WG) -> int:
     """Threads per row for one weight (rows × chunks of 32 values) spread over `workgroups`
     workgroups of `wg` lanes: the fewest dependent load round trips a workgroup runs (passes over
@@ -139,7 +139,7 @@ class DecodeKernel:
         self.workgroups = workgroups
         self.spin = 200_000  # iterations a grid barrier waits before it gives up (0: at once, for tests)
         # kernel shape overrides for sweeps: WG (workgroup size), TPR (threads a row, every weight
-        # alike), TPR_qkv .. TPR_hd (one weight's), UNROLL (4, 8, 16), SPLIT=False (TPR for all)
+        # alike), TPR_qkv .. TPR_hd (one weight's), UNROLL (4, 8), SPLIT=False (TPR for all)
         self.config: dict = {}
         self._grid = 0
         self._ops: dict = {}
@@ -264,17 +264,17 @@ class DecodeKernel:
         if dev.has_subgroups and tpr > dev.subgroup_size:
             raise ValueError(f"TPR {tpr} exceeds the subgroup size {dev.subgroup_size}")
         wg = self.config.get("WG", WG)
-        # 8 loads in flight per lane on GPUs (H200: 16 was slower on the 8B, 267 vs 287 t/s, and
-        # level on the 1B); 4 on CPU adapters, where the longer loops make lavapipe compile the
-        # kernel 2-4x longer (tiny shape: 11 s at 4, 24 s at 8, 47 s at 16)
+        # 8 loads in flight per lane on GPUs (H200: a 16-load batch, since removed, was slower on
+        # the 8B, 267 vs 287 t/s, and level on the 1B); 4 on CPU adapters, where the longer loops
+        # make lavapipe compile the kernel 2x longer (tiny shape: 11 s at 4, 24 s at 8)
         unroll = self.config.get("UNROLL", 4 if dev.is_cpu else 8)
         split = {}
         if self.config.get("SPLIT", True) and "TPR" not in self.config:
-            # per weight: (rows, chunks of 32 along K, load-batch size); the head runs batches of ≤ 8
+            # per weight: (rows, chunks of 32 along K, load-batch size, fewest threads a row)
             d, ff, qd = cfg.hidden_size, cfg.intermediate_size, cfg.q_dim
             shapes = {"qkv": (m.heads.qkv_dim, d // 32, unroll, 1), "o": (d, qd // 32, unroll, 1),
                       "gu": (2 * ff, d // 32, unroll, wg // 64), "dn": (d, ff // 32, unroll, 1),
-                      "hd": (cfg.vocab_size, d // 32, min(unroll, 8), 1)}
+                      "hd": (cfg.vocab_size, d // 32, unroll, 1)}
             for k, (rows, chunks, u, lo) in shapes.items():
                 split[f"TPR_{k}"] = row_split(rows, chunks, workgroups, tpr, u, min(lo, tpr), wg)
         return {**dict(WG=wg, TPR=tpr, SG_ROWS=sg_rows, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,

@@ -24,8 +24,9 @@ fn term_$K(q: vec4<u32>, c: u32, so: vec2<f32>) -> f32 {
 }
 
 // This lane's part of row r (K columns): chunks lane, lane + T, ..., T = TPR_$K lanes a row;
-// UNROLL (16, 8 or 4) chunks' weights and scales loaded before their arithmetic, so that they are
-// in flight together (with one workgroup per SM, these loads are all an SM has in flight).
+// UNROLL (8 or 4) chunks' weights and scales loaded before their arithmetic, so that they are in
+// flight together (with one workgroup per SM, these loads are all an SM has in flight; a 16-load
+// batch measured no faster on an H200: BENCHMARKS.md).
 fn dot_$K(r: u32, K: u32, lane: u32) -> f32 {
     let T = TPR_$K;
     let nch = K / 32u;
@@ -36,34 +37,6 @@ fn dot_$K(r: u32, K: u32, lane: u32) -> f32 {
     var a2 = 0.0;
     var a3 = 0.0;
     var c = lane;
-    if (UNROLL >= 16u) {
-        for (; c + 15u * T < nch; c += 16u * T) {
-            let q0 = w_$K[base + c];
-            let q1 = w_$K[base + c + T];
-            let q2 = w_$K[base + c + 2u * T];
-            let q3 = w_$K[base + c + 3u * T];
-            let q4 = w_$K[base + c + 4u * T];
-            let q5 = w_$K[base + c + 5u * T];
-            let q6 = w_$K[base + c + 6u * T];
-            let q7 = w_$K[base + c + 7u * T];
-            let q8 = w_$K[base + c + 8u * T];
-            let q9 = w_$K[base + c + 9u * T];
-            let q10 = w_$K[base + c + 10u * T];
-            let q11 = w_$K[base + c + 11u * T];
-            let q12 = w_$K[base + c + 12u * T];
-            let q13 = w_$K[base + c + 13u * T];
-            let q14 = w_$K[base + c + 14u * T];
-            let q15 = w_$K[base + c + 15u * T];
-            let s0 = sc_$K(c, g); let s1 = sc_$K(c + T, g); let s2 = sc_$K(c + 2u * T, g); let s3 = sc_$K(c + 3u * T, g);
-            let s4 = sc_$K(c + 4u * T, g); let s5 = sc_$K(c + 5u * T, g); let s6 = sc_$K(c + 6u * T, g); let s7 = sc_$K(c + 7u * T, g);
-            let s8 = sc_$K(c + 8u * T, g); let s9 = sc_$K(c + 9u * T, g); let s10 = sc_$K(c + 10u * T, g); let s11 = sc_$K(c + 11u * T, g);
-            let s12 = sc_$K(c + 12u * T, g); let s13 = sc_$K(c + 13u * T, g); let s14 = sc_$K(c + 14u * T, g); let s15 = sc_$K(c + 15u * T, g);
-            a0 += (term_$K(q0, c, s0) + term_$K(q4, c + 4u * T, s4)) + (term_$K(q8, c + 8u * T, s8) + term_$K(q12, c + 12u * T, s12));
-            a1 += (term_$K(q1, c + T, s1) + term_$K(q5, c + 5u * T, s5)) + (term_$K(q9, c + 9u * T, s9) + term_$K(q13, c + 13u * T, s13));
-            a2 += (term_$K(q2, c + 2u * T, s2) + term_$K(q6, c + 6u * T, s6)) + (term_$K(q10, c + 10u * T, s10) + term_$K(q14, c + 14u * T, s14));
-            a3 += (term_$K(q3, c + 3u * T, s3) + term_$K(q7, c + 7u * T, s7)) + (term_$K(q11, c + 11u * T, s11) + term_$K(q15, c + 15u * T, s15));
-        }
-    }
     if (UNROLL >= 8u) {
         for (; c + 7u * T < nch; c += 8u * T) {
             let q0 = w_$K[base + c];

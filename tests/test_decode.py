@@ -72,14 +72,15 @@ def test_offsets_and_a_q4_lm_head_on_both_device_paths(rng, fast):
 
 
 @pytest.mark.parametrize("config", [
-    dict(UNROLL=16, TPR_qkv=1, TPR_o=2, TPR_gu=4, TPR_dn=1, TPR_hd=2),
-    dict(UNROLL=8, TPR=1), dict(UNROLL=8, TPR=2, NORM_REG=False), dict(TPR=4, WG=128)],
-    ids=["unroll16-per-weight", "unroll8-tpr1", "unroll8-tpr2-norm2pass", "tpr4-wg128"])
+    dict(UNROLL=8, TPR_qkv=1, TPR_o=2, TPR_gu=4, TPR_dn=8, TPR_hd=2),
+    dict(UNROLL=8, TPR=2, NORM_REG=False), dict(TPR=4, WG=128)],
+    ids=["unroll8-per-weight", "unroll8-tpr2-norm2pass", "tpr4-wg128"])
 def test_kernel_shapes_for_sweeps_give_the_same_logits(rng, config):
-    """The shapes a GPU runs or `bench --kernel-config` sweeps there: 16 and 8 loads in flight
-    (the tiny shape's K = 256 / 512 has 8 / 16 chunks a row: TPR 1 runs the 16-load loop on K =
-    512, 2 its 8-load loop, 4 the 4-load one), threads a row chosen per weight (each phase's
-    rows split its own way), the two-pass norm, smaller workgroups."""
+    """The shapes a GPU runs or `bench/decode_sweep.py` sweeps there: 8 loads in flight (the tiny
+    shape's K = 256 / 512 has 8 / 16 chunks a row: 1 thread a row runs the 8-load loop, 2 the
+    8-load loop on K = 512 and the 4-load one on 256, 4 the 4-load loop, 8 single chunks) with
+    threads a row chosen per weight (each phase's rows split its own way), the two-pass norm,
+    smaller workgroups."""
     ckpt = offsets_checkpoint(rng)
     ids = [int(i) for i in rng.integers(0, 2048, 7)]
     m = Model(ckpt, dev=get_device(), max_seq=32, decode="phased")
