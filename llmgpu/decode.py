@@ -270,13 +270,13 @@ class DecodeKernel:
         unroll = self.config.get("UNROLL", 4 if dev.is_cpu else 8)
         split = {}
         if self.config.get("SPLIT", True) and "TPR" not in self.config:
-            # per weight: (rows, chunks of 32 along K, load-batch size, fewest threads a row)
+            # per weight: (rows, chunks of 32 along K, fewest threads a row: a gate/up pass covers
+            # at most one block of 64 rows)
             d, ff, qd = cfg.hidden_size, cfg.intermediate_size, cfg.q_dim
-            shapes = {"qkv": (m.heads.qkv_dim, d // 32, unroll, 1), "o": (d, qd // 32, unroll, 1),
-                      "gu": (2 * ff, d // 32, unroll, wg // 64), "dn": (d, ff // 32, unroll, 1),
-                      "hd": (cfg.vocab_size, d // 32, unroll, 1)}
-            for k, (rows, chunks, u, lo) in shapes.items():
-                split[f"TPR_{k}"] = row_split(rows, chunks, workgroups, tpr, u, min(lo, tpr), wg)
+            shapes = {"qkv": (m.heads.qkv_dim, d // 32, 1), "o": (d, qd // 32, 1), "gu": (2 * ff, d // 32, wg // 64),
+                      "dn": (d, ff // 32, 1), "hd": (cfg.vocab_size, d // 32, 1)}
+            for k, (rows, chunks, lo) in shapes.items():
+                split[f"TPR_{k}"] = row_split(rows, chunks, workgroups, tpr, unroll, min(lo, tpr), wg)
         return {**dict(WG=wg, TPR=tpr, SG_ROWS=sg_rows, D=cfg.hidden_size, FF=cfg.intermediate_size, NH=cfg.num_attention_heads,
                     NKV=cfg.num_key_value_heads, HD=cfg.head_dim, V=cfg.vocab_size, NL=cfg.num_hidden_layers,
                     MAXSEQ=m.max_seq, GS=self.group_size, EPS=float(cfg.rms_norm_eps), BLOCK=self.block,
