@@ -71,7 +71,8 @@ def row_split(rows: int, chunks: int, workgroups: int, max_tpr: int, unroll: int
     workgroups of `wg` lanes: the fewest dependent load round trips a workgroup runs (passes over
     its rows × load batches per pass), ties to more threads a row (the rows then spread over
     more workgroups). E.g. the 1B's gate/up (16384 × 64) at 132 workgroups, 8-load batches:
-    4 threads a row, 2 passes of two batches, where 16 threads a row took 8 passes of 4 loads.
+    8 threads a row, 4 passes of one batch (4 threads tie: 2 passes of two batches), where 16
+    threads a row took 8 passes of one 4-load batch.
     On the H200 the split gave the 1B 812-852 t/s against 796 (the head's phase 282 → 121 µs)
     and the 8B 287 against 284 (BENCHMARKS.md)."""
     best, best_cost = max_tpr, None

@@ -192,3 +192,17 @@ def test_layers_read_the_kernels_stacked_weights(rng):
     np.testing.assert_array_equal(m.logits(ids), own.logits(ids))
     got = decode_run(m, ids, 6)
     assert m_ok(got) and rel(got, decode_run(own, ids, 6)) < INT8_PATHS
+
+
+def test_rows_are_split_per_weight_for_the_fewest_round_trips():
+    """decode.row_split on the 1B's weights at 132 workgroups (8-load batches), cost = passes ×
+    load batches: qkv (3072 rows × 64 chunks) 8 threads a row, 1 pass of 1 batch (4 threads: 1
+    pass of 2 batches; 16: 2 passes of 1); down (2048 × 256) 16, 1 pass of 2 batches (8: 1 pass of
+    4); gate/up (16384 × 64) 8, 4 passes of 1 batch, tied with 4 threads (2 passes of 2 batches):
+    ties go to more threads. Bounds hold: at most max_tpr, at least min_tpr."""
+    from llmgpu.decode import row_split
+    assert row_split(16384, 64, 132, 16, 8, 4) == 8
+    assert row_split(2048, 256, 132, 16, 8) == 16
+    assert row_split(3072, 64, 132, 16, 8) == 8
+    assert row_split(16384, 64, 132, 2, 8) == 2  # max_tpr (a subgroup of 2, say)
+    assert row_split(64, 8, 4, 16, 4, 16) == 16  # min_tpr
