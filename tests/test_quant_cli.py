@@ -133,3 +133,26 @@ def test_cache_keeps_asymmetric_apart(tmp_path, rng, monkeypatch):
     assert a.tensors[name].offsets is not None and p.tensors[name].offsets is None
     assert len(list((tmp_path / "cache").iterdir())) == 2
     assert loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, asymmetric=True).quantization["asymmetric"]
+
+
+def test_cache_keys_calibration_by_its_text(tmp_path, rng, monkeypatch):
+    """load_cached_or_quantize(calibrate=FILE) is calibrated, keyed by the text's contents (an edited
+    file makes a new entry, the same text reuses it); a q4gsw directory asked for with a recipe it
+    was not made with is refused. Catches calibrate dropped (a plain 'search' entry), a key by file
+    name only (a stale calibration after an edit), options silently ignored on a q4gsw directory."""
+    monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
+    tiny_hf_dir(tmp_path / "src", rng)
+    cal = tmp_path / "cal.txt"
+    cal.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    a = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
+    assert a.quantization["method"] == "calibrated" and a.quantization["calibration"]["text"] == "cal.txt"
+    loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    cal.write_text("Hello world! " * 40)
+    b = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
+    assert b.quantization["calibration"]["sha256"] != a.quantization["calibration"]["sha256"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    entry = next(p for p in (tmp_path / "cache").iterdir())
+    assert loader.load_cached_or_quantize(entry, calibrate=str(cal)).quantization["method"] == "calibrated"
+    with pytest.raises(ValueError, match="not made asymmetric"):
+        loader.load_cached_or_quantize(entry, asymmetric=True)

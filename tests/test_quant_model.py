@@ -157,3 +157,26 @@ def test_calibration_needs_float_layers(tmp_path, rng):
     again = quantize_checkpoint(q, 64, progress=False, requantize=True)
     assert again.tensors["model.layers.0.mlp.up_proj.weight"].group_size == 64
     assert again.quantization["requantized"] is True
+
+
+def test_load_quantizes_asymmetric_at_load_time(tmp_path, rng, monkeypatch):
+    """Model.load(float source, asymmetric=True) quantizes with offsets (no `llmgpu quantize` step),
+    caches that recipe apart from the default, and the GPU model matches transformers on those
+    dequantized weights, which differ from the same weights without their offsets.
+    Catches: the option dropped between load and the quantizer (no offsets), offsets ignored on the
+    way to the kernels (logits off by the offsets' contribution), one cache entry for both recipes."""
+    monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
+    ck, hf_cfg = float_checkpoint(tmp_path / "src", rng)
+    m = Model.load(str(tmp_path / "src"), asymmetric=True, progress=False, max_seq=32, chunk=8, q8=False)
+    q4 = [t for t in m.ckpt.tensors.values() if isinstance(t, Q4Tensor)]
+    assert m.ckpt.quantization["asymmetric"] is True and q4 and all(t.offsets is not None for t in q4)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 17)]
+    ref = reference_logits(m.ckpt, hf_cfg, ids)
+    assert rel(m.logits(ids), ref) < 1e-2
+    import dataclasses
+    no_offsets = {n: dataclasses.replace(t, offsets=None) if isinstance(t, Q4Tensor) else t
+                  for n, t in m.ckpt.tensors.items()}
+    assert rel(reference_logits(dataclasses.replace(m.ckpt, tensors=no_offsets), hf_cfg, ids), ref) > 0.1
+    from llmgpu.loader import load_cached_or_quantize
+    assert load_cached_or_quantize(tmp_path / "src", 32, progress=False).quantization["asymmetric"] is False
+    assert len(list((tmp_path / "cache").iterdir())) == 2
