@@ -7,7 +7,9 @@ prefill GEMM route the adapter runs (f32 FMA, int8 dot products on activations q
 beforehand, f16 FMA; ops/linear.py). It also reports what the adapter offers beyond that:
 whether a cooperative-matrix (tensor core) feature is listed and granted, and the WGSL language
 features. Weights are random q4gsw created in packed form; several copies are rotated so that
-repeated runs stream from memory, not from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
+repeated runs stream from memory, not from the cache. ``--offsets both`` times every shape without,
+then with per-group f32 offsets (asymmetric weights) and prints time(with) / time(without) per
+shape and route (bench/offsets_cost.sh runs it on the GPU machine). Times are wall-clock over many dispatches in one submission, after a warm-up,
 waiting for the GPU: the gaps between dispatches count, as they do in a model.
 """
 from __future__ import annotations

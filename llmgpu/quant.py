@@ -129,16 +129,24 @@ def group_size_for(K: int, group_size: int) -> int:
 # value (with its sign). c near -8 puts m on the q = -8 level, c near +7 on q = +7; values in
 # between trade clipping of m for finer steps everywhere else.
 _CANDIDATES = np.concatenate([np.linspace(-8.0, -6.0, 9), np.linspace(6.0, 7.5, 7)])
+# With activation importance (calibration) also steps finer than m / 8 that clip m (to 2/3 of it):
+# weights on unimportant inputs may be clipped for finer steps on the important ones (AWQ's clip search).
+CLIP_CANDIDATES = np.concatenate([_CANDIDATES, -np.array([8.5, 9.0, 9.5, 10.0, 11.0, 12.0]),
+                                  np.array([8.0, 8.5, 9.0, 10.0])])
+CLIP = True  # the weighted search tries CLIP_CANDIDATES
 # Asymmetric search: the fraction of the group's range given up at the bottom and at the top.
 _SHRINK = (0.0, 0.03, 0.07, 0.12)
 
 
 def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE, *, asymmetric: bool = False,
-             importance: np.ndarray | None = None) -> tuple[Q4Tensor, float]:
+             importance: np.ndarray | None = None, hessian: np.ndarray | None = None) -> tuple[Q4Tensor, float]:
     """Quantize a float (N, K) matrix to q4gsw. Returns (tensor, relative Frobenius error).
 
     ``importance`` (K,) weights each input's squared error in the search (see the module docstring);
-    ``asymmetric`` adds per-group offsets. The reported error is always the plain weight error."""
+    ``hessian`` (K // group_size, group_size, group_size), symmetric only: each group's block of
+    E[x x^T] instead, so the search minimises the group's share of the output error with the
+    products of its inputs, r^T H r per row and group, not only its diagonal. ``asymmetric`` adds
+    per-group offsets. The reported error is always the plain weight error."""
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
         raise ValueError(f"q4gsw quantizes 2-D weights, got shape {w.shape}")
@@ -152,6 +160,11 @@ def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE, *, asymmetric:
         if imp.shape != (K,) or not np.isfinite(imp).all() or (imp < 0).any():
             raise ValueError(f"importance must be {K} finite values >= 0, got shape {imp.shape}")
         imp = (imp / (imp.mean() or 1.0) + 1e-6).reshape(1, G, group_size)  # + 1e-6: no input is free
+    if hessian is not None:
+        if asymmetric or importance is not None or hessian.shape != (G, group_size, group_size):
+            raise ValueError(f"hessian must be ({G}, {group_size}, {group_size}), symmetric search, no importance")
+        h = np.asarray(hessian, np.float32)
+        imp = _Blocks(h / (np.einsum("gii->", h) / K or 1.0))
     if asymmetric:
         s, o, q = _search_asymmetric(wg, imp)
     else:
@@ -172,10 +185,22 @@ def _levels(wg, s16, o=None):
     return np.where(s32[:, :, None] == 0, np.float32(0), q)  # float32: the error sums stay in f32
 
 
+class _Blocks:
+    """Per-group (G, g, g) blocks of E[x x^T], standing in for the diagonal importance."""
+
+    def __init__(self, h):
+        self.h = h
+
+    def quad(self, a, b):  # sum_ij a_i H_ij b_j per row and group
+        return np.einsum("ngi,gij,ngj->ng", a, self.h, b, optimize=True)
+
+
 def _group_err(wg, q, s16, o, imp):
     r = q * s16.astype(np.float32)[:, :, None] - wg
     if o is not None:
         r = r + o[:, :, None]
+    if isinstance(imp, _Blocks):
+        return imp.quad(r, r)
     return ((r * r) if imp is None else (r * r * imp)).sum(axis=2)
 
 
@@ -186,7 +211,7 @@ def _search_symmetric(wg, imp):
     m = np.take_along_axis(wg, idx[:, :, None], axis=2)[:, :, 0]  # (N, G) signed max-magnitude
     best_err = np.full(m.shape, np.inf, dtype=np.float32)
     best_s = np.zeros(m.shape, dtype=np.float16)
-    for c in _CANDIDATES:
+    for c in (_CANDIDATES if imp is None or not CLIP else CLIP_CANDIDATES):
         s = (m / c).astype(np.float16)
         err = _group_err(wg, _levels(wg, s), s, None, imp)
         better = err < best_err
@@ -194,8 +219,11 @@ def _search_symmetric(wg, imp):
         best_s = np.where(better, s, best_s)
     if imp is not None:  # s = sum(i q w) / sum(i q^2) for the winner's levels, kept where better
         q = _levels(wg, best_s)
-        den = (imp * q * q).sum(axis=2)
-        s = np.where(den > 0, (imp * q * wg).sum(axis=2) / np.where(den > 0, den, 1), best_s).astype(np.float16)
+        if isinstance(imp, _Blocks):
+            den, num = imp.quad(q, q), imp.quad(q, wg)
+        else:
+            den, num = (imp * q * q).sum(axis=2), (imp * q * wg).sum(axis=2)
+        s = np.where(den > 0, num / np.where(den > 0, den, 1), best_s).astype(np.float16)
         err = _group_err(wg, _levels(wg, s), s, None, imp)
         best_s = np.where(err < best_err, s, best_s)
     return best_s, _levels(wg, best_s)

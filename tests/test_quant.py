@@ -172,7 +172,7 @@ def test_awq_scaling_lowers_output_error(rng, asym):
     axis, the search not choosing by output error."""
     from llmgpu.calibrate import awq_quantize
     w, x = skewed_layer(rng)
-    [(qt, _)], s, alpha, err = awq_quantize(x, [w], [32], asym, fold=True)
+    [(qt, _)], s, alpha, err, _ = awq_quantize(x, [w], [32], asym, fold=True)
     wq = dequantize(qt) / s
     assert err == pytest.approx(out_err(x[::2], w, wq), rel=1e-3)
     assert alpha is not None and alpha > 0
