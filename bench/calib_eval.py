@@ -61,8 +61,8 @@ def main(argv=None):
     p.add_argument("--calibrate", default=None, help="calibration text (default: the shipped one)")
     p.add_argument("--recipes", default="F,plain,calibrated")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a knob of llmgpu/calibrate.py (quant.NAME: of llmgpu/quant.py) for this run, e.g. HESSIAN=False, DAMP=0.1, "
-                        "_ALPHAS=(0,0.25,0.5), SEQUENTIAL=True (a Python literal)")
+                   help="set a knob of llmgpu/calibrate.py (quant.NAME: of llmgpu/quant.py) for this run, e.g. quant.CLIP=False, "
+                        "_ALPHAS=(0,0.25,0.5), SEQUENTIAL=True, DEFAULT_TOKENS=4096 (a Python literal)")
     a = p.parse_args(argv)
     import ast
     from llmgpu import quant

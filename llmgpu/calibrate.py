@@ -35,11 +35,6 @@ from .config import ModelConfig, rope_inv_freq
 from .quant import dequantize, quantize
 
 _ALPHAS = (0.0, 0.25, 0.5, 0.75)
-HESSIAN = True  # the scale search weighs each group's error with its inputs' E[x x^T] block, not its diagonal
-DAMP = 0.01
-GRID = ()  # alphas ranked by the quick proxy (empty: _ALPHAS, each fully searched)
-DUO = False
-TOP = 2
 SEQUENTIAL = False  # each layer calibrated on the inputs the already quantized layers give it
 _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
 DEFAULT_TOKENS = 2048  # calibration tokens at most
@@ -137,79 +132,25 @@ def output_error(x: np.ndarray, ws: list[np.ndarray], wq: list[np.ndarray]) -> f
 def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], asymmetric: bool, fold: bool):
     """Quantize weights ``ws`` (each (N_i, K)) that share the input ``x`` (rows, K): returns (tensors,
     per-input scales s to divide the preceding op's output by (ones unless ``fold``), alpha or None
-    for the plain search, output error, duo); tensors are (Q4Tensor, relative weight error) pairs, each
-    standing for ``W diag(s)``.
-
-    Channel scales: s = mean|x|^alpha, or with ``duo`` mean|x|^alpha / mean|w|^(1 - alpha) (AutoAWQ's
-    duo scaling; mean|w| of each input over the rows of all ``ws``, each group's weights divided by
-    their largest magnitude first). alpha runs over ``GRID`` (both forms); every candidate is ranked
-    by the output error of a plain round-to-nearest quantization (fast), and the ``TOP`` best, with
-    the plain search, get the full (weighted) search and are measured again: the lowest error wins."""
+    for the plain search, output error); tensors are (Q4Tensor, relative weight error) pairs, each
+    standing for ``W diag(s)``."""
     xs = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
     mean_abs = np.abs(x).mean(0) + 1e-8
     ones = np.ones(x.shape[1], np.float32)
-    if fold and GRID:
-        w_mean = np.concatenate([_group_normalised(np.abs(w), g) for w, g in zip(ws, group_sizes)]).mean(0) + 1e-8
-        proxy = []
-        for duo in ((False, True) if DUO else (False,)):
-            for a in GRID:
-                s = _channel_scales(mean_abs, a, w_mean if duo else None)
-                err = output_error(xs, ws, [_rtn(w * s, g, asymmetric) / s for w, g in zip(ws, group_sizes)])
-                proxy.append((err, a, duo, s))
-        proxy.sort(key=lambda c: c[0])
-        cands = [(None, False, ones)] + [(a, duo, s) for _, a, duo, s in proxy[:TOP]]
-    else:
-        cands = [(None, False, ones)] + [(a, False, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
+    cands = [(None, ones)] + [(a, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
     mean_sq = np.square(x).mean(0)
     best = None
-    for alpha, duo, s in cands:
+    for alpha, s in cands:
         imp = None if alpha is None else mean_sq / (s * s)  # E[(x / s)^2]: the scaled inputs' weight
-        if alpha is not None and HESSIAN and not asymmetric:
-            qs = [quantize(w * s, g, hessian=_blocks(x, s, g)) for w, g in zip(ws, group_sizes)]
-        else:
-            qs = [quantize(w * s, g, asymmetric=asymmetric, importance=imp) for w, g in zip(ws, group_sizes)]
+        qs = [quantize(w * s, g, asymmetric=asymmetric, importance=imp) for w, g in zip(ws, group_sizes)]
         err = output_error(xs, ws, [dequantize(q) / s for q, _ in qs])
         if best is None or err < best[3]:
-            best = (qs, s, alpha, err, duo)
+            best = (qs, s, alpha, err)
     return best
 
 
-def _group_normalised(a: np.ndarray, g: int) -> np.ndarray:
-    """|w| (N, K) with each group of ``g`` along K divided by its largest value."""
-    N, K = a.shape
-    b = a.reshape(N, K // g, g)
-    return (b / (b.max(axis=2, keepdims=True) + 1e-12)).reshape(N, K)
-
-
-def _rtn(w: np.ndarray, g: int, asymmetric: bool) -> np.ndarray:
-    """Round to nearest on the min/max (asymmetric) or largest-magnitude (symmetric) grid: the quick
-    stand-in that ranks channel scales."""
-    N, K = w.shape
-    b = w.reshape(N, K // g, g)
-    if asymmetric:
-        lo, hi = b.min(2, keepdims=True), b.max(2, keepdims=True)
-        s = np.maximum(hi - lo, 1e-12) / 15
-        return (np.clip(np.rint((b - lo) / s), 0, 15) * s + lo).reshape(N, K)
-    s = np.maximum(np.abs(b).max(2, keepdims=True), 1e-12) / 8
-    return (np.clip(np.rint(b / s), -8, 7) * s).reshape(N, K)
-
-
-def _blocks(x: np.ndarray, s: np.ndarray, g: int) -> np.ndarray:
-    """(K // g, g, g): E[x' x'^T] within each group of the scaled inputs x' = x / s, damped by
-    DAMP times its mean diagonal (a little weight on every input, as GPTQ does, against overfitting
-    the calibration rows)."""
-    xs = (x / s).astype(np.float32)
-    G = xs.shape[1] // g
-    b = xs.reshape(len(xs), G, g).transpose(1, 2, 0)
-    h = b @ b.transpose(0, 2, 1) / len(xs)
-    h += DAMP * float(np.einsum("gii->", h)) / (G * g) * np.eye(g, dtype=np.float32)
-    return h
-
-
-def _channel_scales(mean_abs: np.ndarray, alpha: float, w_mean: np.ndarray | None = None) -> np.ndarray:
+def _channel_scales(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
     s = mean_abs.astype(np.float64) ** alpha
-    if w_mean is not None:
-        s = s / w_mean.astype(np.float64) ** (1 - alpha)
     s = s / math.sqrt(s.max() * s.min())  # centred around 1 in log scale, as AWQ does
     return np.clip(s, 1e-4, 1e4).astype(np.float32)
 
@@ -230,15 +171,13 @@ def quantize_layer(T: dict, i: int, xs: dict, group_size_of, asymmetric: bool, e
                                   ("qkv", _QKV, xs["qkv"], "input_layernorm.weight"),
                                   ("gate_up", _GATE_UP, xs["gate_up"], "post_attention_layernorm.weight")):
         ws = [np.asarray(T[p + n], np.float32) for n in names]
-        qs, s, alpha, err, duo = awq_quantize(x, ws, [group_size_of(w.shape[1]) for w in ws], asymmetric,
-                                              fold is not None)
+        qs, s, alpha, err = awq_quantize(x, ws, [group_size_of(w.shape[1]) for w in ws], asymmetric, fold is not None)
         for n, (q, e) in zip(names, qs):
             T[p + n], errors[p + n] = q, e
         if fold is not None:  # down before gate_up: up's rows take 1/s before up is quantized
             f = np.asarray(T[p + fold], np.float32)
             T[p + fold] = f / s[:, None] if f.ndim == 2 else f / s
-        info[group] = {"alpha": None if alpha is None else round(float(alpha), 3), "output_error": round(err, 6),
-                       **({"duo": True} if duo else {})}
+        info[group] = {"alpha": alpha, "output_error": round(err, 6)}
     return info
 
 

@@ -139,14 +139,11 @@ _SHRINK = (0.0, 0.03, 0.07, 0.12)
 
 
 def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE, *, asymmetric: bool = False,
-             importance: np.ndarray | None = None, hessian: np.ndarray | None = None) -> tuple[Q4Tensor, float]:
+             importance: np.ndarray | None = None) -> tuple[Q4Tensor, float]:
     """Quantize a float (N, K) matrix to q4gsw. Returns (tensor, relative Frobenius error).
 
     ``importance`` (K,) weights each input's squared error in the search (see the module docstring);
-    ``hessian`` (K // group_size, group_size, group_size), symmetric only: each group's block of
-    E[x x^T] instead, so the search minimises the group's share of the output error with the
-    products of its inputs, r^T H r per row and group, not only its diagonal. ``asymmetric`` adds
-    per-group offsets. The reported error is always the plain weight error."""
+    ``asymmetric`` adds per-group offsets. The reported error is always the plain weight error."""
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
         raise ValueError(f"q4gsw quantizes 2-D weights, got shape {w.shape}")
@@ -160,11 +157,6 @@ def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE, *, asymmetric:
         if imp.shape != (K,) or not np.isfinite(imp).all() or (imp < 0).any():
             raise ValueError(f"importance must be {K} finite values >= 0, got shape {imp.shape}")
         imp = (imp / (imp.mean() or 1.0) + 1e-6).reshape(1, G, group_size)  # + 1e-6: no input is free
-    if hessian is not None:
-        if asymmetric or importance is not None or hessian.shape != (G, group_size, group_size):
-            raise ValueError(f"hessian must be ({G}, {group_size}, {group_size}), symmetric search, no importance")
-        h = np.asarray(hessian, np.float32)
-        imp = _Blocks(h / (np.einsum("gii->", h) / K or 1.0))
     if asymmetric:
         s, o, q = _search_asymmetric(wg, imp)
     else:
@@ -185,22 +177,10 @@ def _levels(wg, s16, o=None):
     return np.where(s32[:, :, None] == 0, np.float32(0), q)  # float32: the error sums stay in f32
 
 
-class _Blocks:
-    """Per-group (G, g, g) blocks of E[x x^T], standing in for the diagonal importance."""
-
-    def __init__(self, h):
-        self.h = h
-
-    def quad(self, a, b):  # sum_ij a_i H_ij b_j per row and group
-        return np.einsum("ngi,gij,ngj->ng", a, self.h, b, optimize=True)
-
-
 def _group_err(wg, q, s16, o, imp):
     r = q * s16.astype(np.float32)[:, :, None] - wg
     if o is not None:
         r = r + o[:, :, None]
-    if isinstance(imp, _Blocks):
-        return imp.quad(r, r)
     return ((r * r) if imp is None else (r * r * imp)).sum(axis=2)
 
 
@@ -219,10 +199,7 @@ def _search_symmetric(wg, imp):
         best_s = np.where(better, s, best_s)
     if imp is not None:  # s = sum(i q w) / sum(i q^2) for the winner's levels, kept where better
         q = _levels(wg, best_s)
-        if isinstance(imp, _Blocks):
-            den, num = imp.quad(q, q), imp.quad(q, wg)
-        else:
-            den, num = (imp * q * q).sum(axis=2), (imp * q * wg).sum(axis=2)
+        den, num = (imp * q * q).sum(axis=2), (imp * q * wg).sum(axis=2)
         s = np.where(den > 0, num / np.where(den > 0, den, 1), best_s).astype(np.float16)
         err = _group_err(wg, _levels(wg, s), s, None, imp)
         best_s = np.where(err < best_err, s, best_s)
