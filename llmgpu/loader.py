@@ -611,6 +611,7 @@ def _calibrated(ckpt: Checkpoint, tensors: dict, calibrate, group_of, asymmetric
     seqs = cal.chunks(ids)
     tensors, layers = cal.calibrate_and_quantize(tensors, ckpt.config, seqs, group_of, asymmetric, errors, progress)
     return tensors, {"text": label, "sha256": sha, "tokens": sum(map(len, seqs)), "sequences": len(seqs),
+                     "sequential": cal.SEQUENTIAL, "clip": cal.quant.CLIP,
                      "output_error_mean": round(float(np.mean([g["output_error"] for v in layers.values()
                                                                for g in v.values()])), 6),
                      "layers": {str(i): v for i, v in layers.items()}}
