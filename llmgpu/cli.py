@@ -358,8 +358,8 @@ def _perplexity(args) -> int:
     if len(ids) < 2:
         raise ValueError(f"{path} has {len(ids)} token(s); perplexity needs at least 2")
     def show(done, n, ppl):
+        _PROGRESS[0] = True  # first: a signal may arrive while the line is written
         _err(f"\r{done}/{n} tokens, perplexity {ppl:.4f}", end="")
-        _PROGRESS[0] = True
     r = score_windows(models, ids, args.ctx, stride, None if args.quiet else show)
     _end_progress_line()
     n, ctx = r["scored"], args.ctx
