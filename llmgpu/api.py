@@ -18,6 +18,7 @@ Arguments are checked at the call (types included) and bad ones raise ``TypeErro
 """
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 import weakref
@@ -38,9 +39,17 @@ DEFAULT_MAX_TOKENS = 256
 
 
 def load(model: str | None = None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
-         adapter: str | None = None, progress: bool = True, decode: str = "auto", sampling: str = "auto") -> LLM:
+         adapter: str | None = None, progress: bool = True, decode: str = "auto", sampling: str = "auto",
+         asymmetric: bool = False, calibrate: str | os.PathLike | bool | None = None,
+         requantize: bool = False) -> LLM:
     """Load a model (a Hugging Face directory or hub id, a .gguf file, a q4gsw directory; ``None``: the
     default SmolLM2-135M-Instruct) onto the GPU with a KV cache of ``max_seq`` tokens.
+
+    How float weights become q4gsw (``llmgpu quantize``'s options; each recipe is cached apart):
+    ``group_size`` 32, 64 or 128 (per tensor where it does not divide in_features); ``asymmetric=True``
+    adds per-group offsets (w = s·q + o); ``calibrate`` (a UTF-8 text file, or True for the text shipped
+    with llmgpu) chooses scales against each layer's output error on that text; ``requantize=True``
+    dequantizes weights that arrive in 4 bits (GGUF) so that these options apply to them too.
 
     ``max_seq`` above the model's own context (``max_position_embeddings``) is lowered to it, with a
     warning; ``llm.model.max_seq`` is the context in use. ``decode`` (auto | ops | phased | persistent)
@@ -54,16 +63,31 @@ def load(model: str | None = None, *, group_size: int = DEFAULT_GROUP_SIZE, max_
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size!r}")
     checks.optional_str("adapter", adapter)
     checks.flag("progress", progress)
+    quant = {k: v for k, v in (("asymmetric", checks.flag("asymmetric", asymmetric)),
+                               ("calibrate", _calibration_source(calibrate)),
+                               ("requantize", checks.flag("requantize", requantize))) if v}
     from .defaults import DECODE_SCHEDULES, SAMPLING_PLACES
     for name, v, ok in (("decode", decode, DECODE_SCHEDULES), ("sampling", sampling, SAMPLING_PLACES)):
         if v not in ok:
             raise ValueError(f"{name} must be one of {', '.join(ok)}, got {v!r}")
     m = Model.load(model, group_size=int(group_size), max_seq=max_seq, adapter=adapter, progress=progress,
-                   decode=decode, sampling=sampling)
+                   decode=decode, sampling=sampling, **quant)
     if m.max_seq < max_seq:
         warnings.warn(f"max_seq {max_seq} is more than this model's context of {m.max_seq} tokens; using "
                       f"{m.max_seq}", stacklevel=2)
     return LLM(m)
+
+
+def _calibration_source(v) -> str | bool | None:
+    """``calibrate``: None/False (off), True (the shipped text) or a path to a UTF-8 text file."""
+    if v is None or isinstance(v, bool):
+        return v or None
+    if not isinstance(v, (str, os.PathLike)):
+        raise TypeError(f"calibrate must be a path, True or None, got {type(v).__name__}")
+    if not os.path.isfile(os.path.expanduser(v)):
+        raise FileNotFoundError(f"calibrate={str(v)!r}: no such file; give a UTF-8 text file, or True for the "
+                                "text shipped with llmgpu")
+    return os.fspath(v)
 
 
 class ModelLock:

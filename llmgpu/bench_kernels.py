@@ -7,7 +7,9 @@ prefill GEMM route the adapter runs (f32 FMA, int8 dot products on activations q
 beforehand, f16 FMA; ops/linear.py). It also reports what the adapter offers beyond that:
 whether a cooperative-matrix (tensor core) feature is listed and granted, and the WGSL language
 features. Weights are random q4gsw created in packed form; several copies are rotated so that
-repeated runs stream from memory, not from the cache. Times are wall-clock over many dispatches in one submission, after a warm-up,
+repeated runs stream from memory, not from the cache. ``--offsets both`` times every shape without,
+then with per-group f32 offsets (asymmetric weights) and prints time(with) / time(without) per
+shape and route (bench/offsets_cost.sh runs it on the GPU machine). Times are wall-clock over many dispatches in one submission, after a warm-up,
 waiting for the GPU: the gaps between dispatches count, as they do in a model.
 """
 from __future__ import annotations
@@ -132,21 +134,22 @@ def stream_bandwidth(dev: Device, nbytes: int = 1 << 30, reps: int = 20) -> floa
     return max(nbytes / time_ops(dev, [[op]], reps) for _ in range(3))
 
 
-def _copies(dev, N, K, gs, rng, budget):
-    one = N * K // 2 + N * (K // gs) * 2
+def _copies(dev, N, K, gs, rng, budget, offsets: bool = False):
+    one = N * K // 2 + N * (K // gs) * (2 + 4 * offsets)  # nibbles, f16 scales (, f32 offsets)
     n = max(1, min(64, -(-budget // one)))  # small weights: many copies, still past the L2
-    return [Q4Linear(dev, random_q4(N, K, gs, rng), label=f"w{N}x{K}#{i}") for i in range(n)], one
+    return [Q4Linear(dev, random_q4(N, K, gs, rng, offsets=offsets), label=f"w{N}x{K}#{i}") for i in range(n)], one
 
 
 def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_cfgs=None,
-                log=None, silu: bool = False) -> dict:
+                log=None, silu: bool = False, offsets: bool = False) -> dict:
     """Time the GEMV (unless gemv_cfgs is empty) and the GEMM at M (gemm_cfgs: {route: configs},
     unless empty) of one shape; keep the best of the given configurations (None = the default
     one). silu: the decode path's fused gate/up GEMV (N = 2·ff rows) that writes silu(gate)·up
-    as int8."""
-    lins, wbytes = _copies(dev, N, K, gs, rng, budget)
+    as int8. offsets: asymmetric weights (per-group f32 offsets, read by the same kernels;
+    weight_bytes and GB/s count them)."""
+    lins, wbytes = _copies(dev, N, K, gs, rng, budget, offsets)
     dt = dev.act_dtype
-    row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes)
+    row = dict(N=N, K=K, group_size=gs, weight_bytes=wbytes, offsets=offsets)
     for cfg in gemv_cfgs:
         cfg = dict(cfg or {})
         q8 = cfg.pop("Q8", False)  # int8 activations, quantized once (in a model: by the norm)
@@ -270,26 +273,32 @@ def run(args) -> int:
     rows = []
     log = (lambda m: print("  sweep " + m, file=sys.stderr, flush=True)) if args.sweep else None
     gemm_cfgs = {} if args.no_gemm else (gemm_sweep(dev, routes) if args.sweep else {r: (None,) for r in routes})
+    variants = OFFSETS[getattr(args, "offsets", "no")]
     for name in names:
         for lab, N, K in projection_shapes(name):
             if (args.max_k and K > args.max_k) or (args.no_lm_head and lab == "lm_head"):
                 continue
             gemv_cfgs = () if args.no_gemv else (
                 GEMV_SWEEP if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},))
-            row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
-                              budget=args.cache_bytes, gemv_cfgs=gemv_cfgs, gemm_cfgs=gemm_cfgs, log=log)
-            row.update(shape=name, proj=lab)
-            if "gemv_gbs" in row:
-                row["roofline_pct"] = 100 * row["gemv_gbs"] * 1e9 / bw
-            rows.append(row)
-            if lab == "gate/up" and not args.no_gemv:  # decode's fused gate+up GEMV, SiLU·mul int8 epilogue
-                row = bench_shape(dev, 2 * N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
-                                  budget=args.cache_bytes, silu=True, log=log, gemm_cfgs={},
-                                  gemv_cfgs=SILU_SWEEP if args.sweep else ({"Q8": True},))
-                row.update(shape=name, proj="gu+silu", roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
+            for off in variants:  # the same shape and configurations with and without offsets, back to back
+                row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
+                                  budget=args.cache_bytes, gemv_cfgs=gemv_cfgs, gemm_cfgs=gemm_cfgs, log=log,
+                                  offsets=off)
+                row.update(shape=name, proj=lab)
+                if "gemv_gbs" in row:
+                    row["roofline_pct"] = 100 * row["gemv_gbs"] * 1e9 / bw
                 rows.append(row)
+            if lab == "gate/up" and not args.no_gemv:  # decode's fused gate+up GEMV, SiLU·mul int8 epilogue
+                for off in variants:
+                    row = bench_shape(dev, 2 * N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
+                                      budget=args.cache_bytes, silu=True, log=log, gemm_cfgs={},
+                                      gemv_cfgs=SILU_SWEEP if args.sweep else ({"Q8": True},), offsets=off)
+                    row.update(shape=name, proj="gu+silu", roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
+                    rows.append(row)
     result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,
                   date=time.strftime("%Y-%m-%d"), capabilities=caps, rows=rows)
+    if len(variants) == 2:
+        result["offsets_cost"] = offsets_cost(rows, routes)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -298,20 +307,51 @@ def run(args) -> int:
           f"{', '.join(caps['matrix_features']) or 'none'}   WGSL language features reported: "
           f"{', '.join(caps['wgsl_language_features']) or 'none'}")
     print(f"prefill GEMM routes: {', '.join(caps['gemm_routes'])} (auto: {caps['gemm_route_auto']})")
-    hdr = f"{'shape':<14} {'proj':<8} {'N x K':>13}"
+    hdr = f"{'shape':<14} {'proj':<8} {'N x K':>13}" + (" off" if variants != (False,) else "")
     if not args.no_gemv:
         hdr += f" {'GEMV us':>9} {'GB/s':>8} {'% roof':>7}"
     if gemm_cfgs:
         hdr += f" {'GEMM M':>7}" + "".join(f" {r + ' TF/s':>10}" for r in routes)
     print(hdr)
     for r in rows:
-        line = f"{r['shape']:<14} {r['proj']:<8} {r['N']:>6}x{r['K']:<6}"
+        line = f"{r['shape']:<14} {r['proj']:<8} {r['N']:>6}x{r['K']:<6}" + (
+            f" {'yes' if r['offsets'] else 'no':>3}" if variants != (False,) else "")
         if not args.no_gemv:
             line += f" {r['gemv_us']:>9.1f} {r['gemv_gbs']:>8.1f} {r['roofline_pct']:>6.1f}%"
         if "gemm_ms" in r:
             line += f" {r['M']:>7}" + "".join(f" {r.get(f'gemm_{x}_tflops', float('nan')):>10.3g}" for x in routes)
         print(line)
+    if "offsets_cost" in result:
+        print("time with offsets / without (same shape, configurations and run; > 1: offsets cost):")
+        for c in result["offsets_cost"]:
+            print(f"  {c['shape']:<14} {c['proj']:<8} {c['N']:>6}x{c['K']:<6} " + "   ".join(
+                f"{k.removesuffix('_ratio')} {v:.3f}" for k, v in c.items() if k.endswith("_ratio")))
+        print("  geometric mean: " + "   ".join(f"{k} {v:.3f}" for k, v in _geomeans(result["offsets_cost"]).items()))
     return 0
+
+
+OFFSETS = {"no": (False,), "yes": (True,), "both": (False, True)}
+
+
+def offsets_cost(rows: list[dict], routes) -> list[dict]:
+    """Per shape measured both ways: time with offsets / time without, for the GEMV and each GEMM
+    route (keys gemv_ratio, gemm_<route>_ratio)."""
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        if a["offsets"] or not b["offsets"] or (a["shape"], a["proj"], a["N"], a["K"]) != \
+                (b["shape"], b["proj"], b["N"], b["K"]):
+            continue
+        c = dict(shape=a["shape"], proj=a["proj"], N=a["N"], K=a["K"])
+        for key in ["gemv_us"] + [f"gemm_{r}_ms" for r in routes]:
+            if key in a and key in b:
+                c[key.rsplit("_", 1)[0] + "_ratio"] = b[key] / a[key]
+        out.append(c)
+    return out
+
+
+def _geomeans(costs: list[dict]) -> dict:
+    keys = dict.fromkeys(k for c in costs for k in c if k.endswith("_ratio"))
+    return {k.removesuffix("_ratio"): float(np.exp(np.mean([np.log(c[k]) for c in costs if k in c]))) for k in keys}
 
 
 def add_arguments(p) -> None:
@@ -328,4 +368,7 @@ def add_arguments(p) -> None:
     p.add_argument("--stream-bytes", type=int, default=1 << 30, help="size of the streaming-read buffer")
     p.add_argument("--cache-bytes", type=int, default=CACHE_BUSTER,
                    help="rotate weight copies until this many bytes are in flight (defeats the cache)")
+    p.add_argument("--offsets", choices=tuple(OFFSETS), default="no",
+                   help="weights with per-group offsets (asymmetric, `quantize --asymmetric`): no, yes, or both "
+                        "(each shape without, then with; prints the time ratio)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

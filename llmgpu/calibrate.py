@@ -1,7 +1,9 @@
 """Activation-aware (calibrated) quantization: run the float model on calibration text in NumPy, then
 quantize each layer to minimise its *output* error ||X (W - W^)^T|| rather than its weight error.
 
-Per layer, with the inputs X each linear sees on the calibration text (the float model; no torch):
+Layer by layer, with the inputs X each linear sees on the calibration text (NumPy, no torch; with
+``SEQUENTIAL``, the default, the inputs that the layers already quantized give it, as GPTQ does, so a
+layer is fitted to what it will really see, errors of the earlier layers included):
 
 * q/k/v (input: input_layernorm's output) and gate/up (input: post_attention_layernorm's output):
   AWQ-style per-input-channel scales ``s = mean|x|^alpha`` (normalised around 1). The weight becomes
@@ -13,11 +15,14 @@ Per layer, with the inputs X each linear sees on the calibration text (the float
   it are shared by several heads), only the weighted search.
 
 Each (scaled) weight is then quantized with importance E[(x_k / s_k)^2], the diagonal of the output
-error (:func:`llmgpu.quant.quantize`). alpha is chosen per layer and fused group from ``_ALPHAS`` by
+error (:func:`llmgpu.quant.quantize`; that search may also clip a group's largest weight for finer
+steps, ``quant.CLIP_CANDIDATES``, where the inputs it multiplies matter less). alpha is chosen per layer and fused group from ``_ALPHAS`` by
 the measured output error on up to ``_LOSS_ROWS`` calibration rows, with the plain (uncalibrated)
 search as one more candidate, so on those rows a layer is never worse than without calibration.
 (GPTQ rounding with the full X^T X was tried too: it halved the output error on the ~1,700
-calibration tokens but raised perplexity on other text, an overfit; BENCHMARKS.md.)
+calibration tokens but raised perplexity on other text, an overfit; so did a search on each group's
+E[x x^T] block instead of its diagonal. Neither an alpha grid of 10 steps with AWQ's duo scaling nor
+twice the calibration text helped on held-out text either; BENCHMARKS.md.)
 
 The default calibration text (``llmgpu/calibration/default.txt``) was written for llmgpu (varied
 prose, dialogue, instructions, code and numbers) and is under the project's licence, Apache-2.0.
@@ -31,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import quant
 from .config import ModelConfig, rope_inv_freq
 from .quant import dequantize, quantize
 
 _ALPHAS = (0.0, 0.25, 0.5, 0.75)
+SEQUENTIAL = True  # each layer calibrated on the inputs the already quantized layers give it (GPTQ does so)
 _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
 DEFAULT_TOKENS = 2048  # calibration tokens at most
 CHUNK = 512  # tokens per independent sequence in the calibration forward pass
@@ -59,8 +66,8 @@ def read_text(path: str | None) -> tuple[str, str, str]:
     return text, label, hashlib.sha256(data).hexdigest()
 
 
-def chunks(ids: list[int], max_tokens: int = DEFAULT_TOKENS, chunk: int = CHUNK) -> list[list[int]]:
-    ids = ids[:max_tokens]
+def chunks(ids: list[int], max_tokens: int | None = None, chunk: int = CHUNK) -> list[list[int]]:
+    ids = ids[:max_tokens or DEFAULT_TOKENS]
     if len(ids) < 16:
         raise ValueError(f"the calibration text has {len(ids)} tokens; give at least 16 (a few paragraphs)")
     return [ids[i:i + chunk] for i in range(0, len(ids), chunk) if len(ids[i:i + chunk]) >= 2]
@@ -193,6 +200,12 @@ def calibrate_and_quantize(tensors: dict, cfg: ModelConfig, seqs: list[list[int]
     inv_freq = rope_inv_freq(cfg)
     info = {}
     for i in tqdm(range(cfg.num_hidden_layers), desc="calibrating", unit="layer", disable=not progress):
-        hs, xs = layer_forward(T, cfg, i, hs, inv_freq)  # float weights: before this layer is quantized
+        out, xs = layer_forward(T, cfg, i, hs, inv_freq)  # layer i still float: its own target
         info[i] = quantize_layer(T, i, xs, group_size_of, asymmetric, errors)
+        if SEQUENTIAL:  # the next layer calibrates on what the quantized layers so far compute
+            p = f"model.layers.{i}."
+            Ti = {n: (dequantize(t) if n.startswith(p) and hasattr(t, "qweight") else t) for n, t in T.items()
+                  if n.startswith(p)}
+            out, _ = layer_forward(Ti, cfg, i, hs, inv_freq)
+        hs = out
     return T, info

@@ -299,6 +299,7 @@ def score_windows(models: list, ids: list[int], ctx: int, stride: int, progress=
         windows += 1
         done = end
         start += stride
+        stop_check()  # a signal whose exception went astray ends the run here, within one window
         if progress:
             progress(done, len(ids), math.exp(nll[0] / scored))
     return {"nll": nll, "scored": scored, "windows": windows, "agree": agree}
@@ -356,10 +357,11 @@ def _perplexity(args) -> int:
     ids = encode_prompt(ck.tokenizer, text, add_bos=ck.add_bos, bos_token_id=ck.bos_token_id)
     if len(ids) < 2:
         raise ValueError(f"{path} has {len(ids)} token(s); perplexity needs at least 2")
-    show = (lambda done, n, ppl: _err(f"\r{done}/{n} tokens, perplexity {ppl:.4f}", end="")) if not args.quiet else None
-    r = score_windows(models, ids, args.ctx, stride, show)
-    if show:
-        _err()
+    def show(done, n, ppl):
+        _PROGRESS[0] = True  # first: a signal may arrive while the line is written
+        _err(f"\r{done}/{n} tokens, perplexity {ppl:.4f}", end="")
+    r = score_windows(models, ids, args.ctx, stride, None if args.quiet else show)
+    _end_progress_line()
     n, ctx = r["scored"], args.ctx
     ppls = [math.exp(x / n) for x in r["nll"]]
     what = f"over {n} tokens in {r['windows']} window{'s' * (r['windows'] != 1)} (ctx {ctx}, stride {stride}) of {path.name}"
@@ -442,6 +444,9 @@ def _bench(args) -> int:
     if args.what == "kernels":
         from . import bench_kernels
         return bench_kernels.run(args)
+    if args.offsets != "no":
+        raise ValueError("--offsets is an option of `llmgpu bench kernels`; a model's own weights decide "
+                         "whether `llmgpu bench` runs with offsets")
     from . import bench
     return bench.run(args)
 
@@ -590,24 +595,63 @@ class Terminated(BaseException):
     a BaseException, like KeyboardInterrupt, so that ``except Exception`` does not swallow it."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+_SIGNALS: list[int] = []  # every SIGTERM / SIGINT main() received; loops that run for long check it (stop_check)
+
+
+def _on_signal(signum, frame):
+    _SIGNALS.append(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def stop_check() -> None:
+    """Raise again for a signal that arrived but whose exception did not end the command: Python runs a
+    handler at the next bytecode, which may be inside a finalizer (``__del__``: exceptions there are
+    printed and dropped) or a callback. Called between perplexity's windows, so that a signal ends the
+    run within one window whatever the handler hit."""
+    if _SIGNALS:
+        raise KeyboardInterrupt() if _SIGNALS[-1] == signal.SIGINT else Terminated()
+
+
+def _install_handlers() -> dict:
+    """SIGTERM, and SIGINT unless it is ignored (a background job's, or nohup's: left so), raise in the
+    main thread. -> the previous handlers, to restore."""
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old = signal.getsignal(sig)
+        if sig == signal.SIGINT and old is not signal.default_int_handler:
+            continue
+        previous[sig] = signal.signal(sig, _on_signal)
+    return previous
 
 
 def main(argv=None) -> int:
-    """Run the command line; any error becomes one line on stderr and a non-zero exit status."""
+    """Run the command line; any error becomes one line on stderr and a non-zero exit status.
+
+    Ctrl-C and SIGTERM end a command with one line on stderr and status 130 / 143, after the
+    ``finally`` blocks have removed any temporary files. Run as the program (``argv`` None), the
+    process then exits at once, without the interpreter's teardown: releasing the GPU device waits
+    for the work already submitted to it, which on a CPU adapter (lavapipe) can take as long as a
+    window of `perplexity` (up to half a minute was measured)."""
     p = build_parser()
     args = p.parse_args(argv)
     debug = args.debug or os.environ.get("LLMGPU_DEBUG", "") not in ("", "0")
     main_thread = threading.current_thread() is threading.main_thread()  # (only it may set handlers)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    previous = _install_handlers() if main_thread else {}
+    _SIGNALS.clear()
+    rc = None
     try:
-        return args.func(args) or 0
+        rc = args.func(args) or 0
+        return rc
     except KeyboardInterrupt:
-        _err()
-        return EXIT_INTERRUPTED
+        _end_progress_line(signalled=True)
+        _err(f"llmgpu: interrupted (Ctrl-C){_what_was_kept(args)}")
+        rc = EXIT_INTERRUPTED
+        return rc
     except Terminated:
-        return EXIT_TERMINATED
+        _end_progress_line(signalled=True)
+        _err(f"llmgpu: terminated (SIGTERM){_what_was_kept(args)}")
+        rc = EXIT_TERMINATED
+        return rc
     except BrokenPipeError:  # e.g. `llmgpu generate ... | head`
         sys.stderr.close()
         return 0
@@ -616,8 +660,35 @@ def main(argv=None) -> int:
             traceback.print_exc()
         return _report(e)
     finally:
-        if main_thread and previous is not None:  # (None: a handler set outside Python; leave ours)
-            signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            if old is not None:  # (None: a handler set outside Python; leave ours)
+                signal.signal(sig, old)
+        if argv is None and rc in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            _exit_now(rc)
+
+
+_PROGRESS = [False]  # a progress line ("\r...") is open on stderr
+
+
+def _end_progress_line(signalled: bool = False) -> None:
+    """End an open progress line; after a signal on a terminal, also the line where ``^C`` was echoed."""
+    if _PROGRESS[0] or (signalled and not sys.stderr.closed and sys.stderr.isatty()):
+        _err()
+    _PROGRESS[0] = False
+
+
+def _what_was_kept(args) -> str:
+    return {"perplexity": "; no result (a perplexity needs every window)",
+            "quantize": "; nothing was written"}.get(args.cmd, "")
+
+
+def _exit_now(rc: int) -> None:
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
 
 
 def _report(e: Exception) -> int:

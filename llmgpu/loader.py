@@ -611,6 +611,7 @@ def _calibrated(ckpt: Checkpoint, tensors: dict, calibrate, group_of, asymmetric
     seqs = cal.chunks(ids)
     tensors, layers = cal.calibrate_and_quantize(tensors, ckpt.config, seqs, group_of, asymmetric, errors, progress)
     return tensors, {"text": label, "sha256": sha, "tokens": sum(map(len, seqs)), "sequences": len(seqs),
+                     "sequential": cal.SEQUENTIAL, "clip": cal.quant.CLIP,
                      "output_error_mean": round(float(np.mean([g["output_error"] for v in layers.values()
                                                                for g in v.values()])), 6),
                      "layers": {str(i): v for i, v in layers.items()}}
@@ -855,14 +856,30 @@ def _cache_key(label: str, path: Path, group_size: int, options: dict | None = N
 
 
 def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT_GROUP_SIZE, *,
-                            progress: bool = True, asymmetric: bool = False) -> Checkpoint:
+                            progress: bool = True, asymmetric: bool = False, calibrate: str | bool | None = None,
+                            requantize: bool = False) -> Checkpoint:
     """Load ``source`` quantized to q4gsw, from the cache if this source (same files, sizes, mtimes) was
-    quantized with this group size (and options) before; otherwise quantize it and cache the result."""
+    quantized with this group size and these options before; otherwise quantize it and cache the result.
+
+    ``asymmetric``, ``calibrate`` (a text file, or True for the shipped default) and ``requantize`` are
+    :func:`quantize_checkpoint`'s; a calibration text joins the cache key by its SHA-256, so an edited
+    file makes a new entry. A q4gsw directory is loaded as it is: options that ask for another recipe
+    than its own are refused (quantize the float source instead)."""
     path, label = _resolve(source)
+    options = {}
+    if asymmetric:
+        options["asymmetric"] = True
+    if calibrate:
+        from .calibrate import read_text
+        options["calibrate"] = read_text(None if calibrate is True else str(calibrate))[2]  # before any work
+    if requantize:
+        options["requantize"] = True
     if path.is_dir() and (path / "llmgpu.json").is_file():
-        return load_checkpoint(path)  # already q4gsw
+        ckpt = load_checkpoint(path)  # already q4gsw
+        _check_recipe(ckpt, label, asymmetric, calibrate)
+        return ckpt
     sweep_temp_dirs(cache_dir())
-    target = cache_dir() / _cache_key(label, path, group_size, {"asymmetric": True} if asymmetric else None)
+    target = cache_dir() / _cache_key(label, path, group_size, options or None)
     if (target / "llmgpu.json").is_file():
         try:
             return _load_cache_entry(target)
@@ -871,9 +888,21 @@ def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT
             print(f"llmgpu: the cached quantized model {target} is unusable ({why}); rebuilding it from "
                   f"{label}", file=sys.stderr, flush=True)
     ckpt = load_checkpoint(path)
-    ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress, asymmetric=asymmetric)
+    ckpt = quantize_checkpoint(dataclasses.replace(ckpt, source=label), group_size, progress, asymmetric=asymmetric,
+                               calibrate=calibrate or None, requantize=requantize)
     save_q4_checkpoint(ckpt, target, force=True)
     return load_checkpoint(target)
+
+
+def _check_recipe(ckpt: Checkpoint, label: str, asymmetric: bool, calibrate) -> None:
+    """A q4gsw directory asked for with options: they must describe how it was made."""
+    r = ckpt.quantization or {}
+    wrong = [w for w, asked, has in (("asymmetric", asymmetric, r.get("asymmetric")),
+                                     ("calibrated", bool(calibrate), r.get("method") == "calibrated"))
+             if asked and not has]
+    if wrong:
+        raise ValueError(f"{label} is already a q4gsw checkpoint, not made {' and '.join(wrong)}; load it without "
+                         f"those options, or quantize the float model it came from with them")
 
 
 def _load_cache_entry(target: Path) -> Checkpoint:

@@ -265,10 +265,12 @@ class Model:
     @classmethod
     def load(cls, source=None, *, group_size: int = DEFAULT_GROUP_SIZE, max_seq: int = DEFAULT_MAX_SEQ,
              adapter: str | None = None, progress: bool = True, dump_wgsl: str | None = None, startup=None,
+             asymmetric: bool = False, calibrate: str | bool | None = None, requantize: bool = False,
              **kw) -> "Model":
         """Load a checkpoint (default: the offline SmolLM2-135M-Instruct GGUF), quantize every
         linear to q4gsw (cached on disk), and put it on the GPU. startup: a startup.Startup that
-        receives the time of each of the three steps."""
+        receives the time of each of the three steps. asymmetric, calibrate, requantize: how float
+        weights are quantized (loader.load_cached_or_quantize; ``llmgpu quantize``'s options)."""
         import time
 
         from .loader import load_cached_or_quantize
@@ -276,7 +278,8 @@ class Model:
             from .defaults import default_model_path
             source = default_model_path()
         t = [time.perf_counter()]
-        ckpt = load_cached_or_quantize(source, group_size, progress=progress)
+        ckpt = load_cached_or_quantize(source, group_size, progress=progress, asymmetric=asymmetric,
+                                       calibrate=calibrate, requantize=requantize)
         t.append(time.perf_counter())
         dev = Device(adapter, dump_wgsl=dump_wgsl)
         t.append(time.perf_counter())

@@ -129,6 +129,11 @@ def group_size_for(K: int, group_size: int) -> int:
 # value (with its sign). c near -8 puts m on the q = -8 level, c near +7 on q = +7; values in
 # between trade clipping of m for finer steps everywhere else.
 _CANDIDATES = np.concatenate([np.linspace(-8.0, -6.0, 9), np.linspace(6.0, 7.5, 7)])
+# With activation importance (calibration) also steps finer than m / 8 that clip m (to 2/3 of it):
+# weights on unimportant inputs may be clipped for finer steps on the important ones (AWQ's clip search).
+CLIP_CANDIDATES = np.concatenate([_CANDIDATES, -np.array([8.5, 9.0, 9.5, 10.0, 11.0, 12.0]),
+                                  np.array([8.0, 8.5, 9.0, 10.0])])
+CLIP = True  # the weighted search tries CLIP_CANDIDATES
 # Asymmetric search: the fraction of the group's range given up at the bottom and at the top.
 _SHRINK = (0.0, 0.03, 0.07, 0.12)
 
@@ -186,7 +191,7 @@ def _search_symmetric(wg, imp):
     m = np.take_along_axis(wg, idx[:, :, None], axis=2)[:, :, 0]  # (N, G) signed max-magnitude
     best_err = np.full(m.shape, np.inf, dtype=np.float32)
     best_s = np.zeros(m.shape, dtype=np.float16)
-    for c in _CANDIDATES:
+    for c in (_CANDIDATES if imp is None or not CLIP else CLIP_CANDIDATES):
         s = (m / c).astype(np.float16)
         err = _group_err(wg, _levels(wg, s), s, None, imp)
         better = err < best_err
@@ -194,8 +199,8 @@ def _search_symmetric(wg, imp):
         best_s = np.where(better, s, best_s)
     if imp is not None:  # s = sum(i q w) / sum(i q^2) for the winner's levels, kept where better
         q = _levels(wg, best_s)
-        den = (imp * q * q).sum(axis=2)
-        s = np.where(den > 0, (imp * q * wg).sum(axis=2) / np.where(den > 0, den, 1), best_s).astype(np.float16)
+        den, num = (imp * q * q).sum(axis=2), (imp * q * wg).sum(axis=2)
+        s = np.where(den > 0, num / np.where(den > 0, den, 1), best_s).astype(np.float16)
         err = _group_err(wg, _levels(wg, s), s, None, imp)
         best_s = np.where(err < best_err, s, best_s)
     return best_s, _levels(wg, best_s)

@@ -73,9 +73,9 @@ class FakeModel:
 
     @classmethod
     def load(cls, source=None, *, group_size=32, max_seq=4096, adapter=None, progress=True, dump_wgsl=None,
-             decode="auto", sampling="auto", gemm="auto", startup=None):
+             decode="auto", sampling="auto", gemm="auto", startup=None, **quant):
         cls.loads.append(dict(source=source, group_size=group_size, max_seq=max_seq, adapter=adapter,
-                              progress=progress, decode=decode, sampling=sampling))
+                              progress=progress, decode=decode, sampling=sampling, **quant))
         if source not in (None, "fake", "fake-no-template", "fake-flat"):
             raise FileNotFoundError(f"{source}: no such file or directory, and not a Hugging Face hub id (org/name)")
         ck = make_checkpoint(chat_template=None if source == "fake-no-template" else CHATML)

@@ -31,6 +31,25 @@ def test_load_passes_options(monkeypatch):
         llmgpu.load("no/such-model")
 
 
+def test_load_passes_quantization_options(monkeypatch, tmp_path):
+    """asymmetric / calibrate / requantize reach Model.load (only when asked for), and bad values are
+    refused at the call. Catches an option accepted by load() but dropped on the way to the quantizer."""
+    cls = install(monkeypatch)
+    (tmp_path / "cal.txt").write_text("calibration text")
+    llmgpu.load(asymmetric=True, calibrate=tmp_path / "cal.txt", requantize=True, progress=False)
+    llmgpu.load(calibrate=True, progress=False)
+    llmgpu.load(progress=False)
+    assert [{k: v for k, v in d.items() if k in ("asymmetric", "calibrate", "requantize")} for d in cls.loads] == [
+        dict(asymmetric=True, calibrate=str(tmp_path / "cal.txt"), requantize=True), dict(calibrate=True), {}]
+    with pytest.raises(TypeError, match="asymmetric must be True or False"):
+        llmgpu.load(asymmetric="yes")
+    with pytest.raises(TypeError, match="calibrate must be a path, True or None"):
+        llmgpu.load(calibrate=3)
+    with pytest.raises(FileNotFoundError, match="calibrate=.*no such file"):
+        llmgpu.load(calibrate=tmp_path / "missing.txt")
+    assert len(cls.loads) == 3  # refused before any loading
+
+
 def test_generate_wraps_the_prompt_in_the_chat_template():
     m = FakeModel()
     m.say("Hi there!")

@@ -67,6 +67,37 @@ def test_bench_kernels_json(capsys):
     assert len(silu) == 1 and (silu[0]["N"], silu[0]["K"]) == (2 * s["intermediate_size"], s["hidden_size"])
 
 
+def test_bench_kernels_offsets_both(capsys, monkeypatch):
+    """--offsets both: each shape timed without, then with per-group offsets (the weights built with
+    them, so the kernels' offset path runs), and the ratio per shape and route. Catches: the flag not
+    reaching the weights (both runs symmetric), ratios paired across different shapes or inverted."""
+    from llmgpu import bench_kernels
+    made = []
+
+    class Recording(bench_kernels.Q4Linear):
+        def __init__(self, dev, t, *a, **k):
+            made.append(t.offsets is not None)
+            super().__init__(dev, t, *a, **k)
+    monkeypatch.setattr(bench_kernels, "Q4Linear", Recording)
+    rc, out, _ = run(capsys, "bench", "kernels", "--shapes", "tiny", "-m", "8", "--repeat", "4", "--json",
+                     "--offsets", "both", "--no-lm-head", "--stream-bytes", str(8 << 20), "--cache-bytes", "0")
+    assert rc == 0
+    res = json.loads(out)
+    rows, cost = res["rows"], res["offsets_cost"]
+    assert True in made and False in made
+    assert [r["offsets"] for r in rows] == [False, True] * (len(rows) // 2) and len(cost) == len(rows) // 2
+    for (a, b), c in zip(zip(rows[::2], rows[1::2]), cost):
+        assert (a["N"], a["K"], a["proj"]) == (b["N"], b["K"], b["proj"]) == (c["N"], c["K"], c["proj"])
+        assert b["weight_bytes"] == a["weight_bytes"] + 4 * a["N"] * a["K"] // a["group_size"]
+        assert c["gemv_ratio"] == pytest.approx(b["gemv_us"] / a["gemv_us"])
+        for route in res["capabilities"]["gemm_routes"]:
+            if a["proj"] != "gu+silu":
+                assert c[f"gemm_{route}_ratio"] == pytest.approx(b[f"gemm_{route}_ms"] / a[f"gemm_{route}_ms"])
+    rc, out, _ = run(capsys, "bench", "kernels", "--shapes", "tiny", "-m", "8", "--repeat", "2", "--no-gemm",
+                     "--offsets", "both", "--max-k", "256", "--no-lm-head", "--stream-bytes", str(8 << 20), "--cache-bytes", "0")
+    assert rc == 0 and " off" in out and "time with offsets / without" in out and "geometric mean: gemv" in out
+
+
 def test_gemm_routes_in_both_benchmarks(capsys):
     """`bench --gemm a,b` runs pp once per route on one model; `bench kernels` times every route the
     adapter has and reports the cooperative-matrix probe (lavapipe lists no such feature)."""
@@ -138,6 +169,7 @@ def test_bench_depth_and_decode_schedule(capsys):
     (["bench", "--shape", "tiny", "--gemm", "f32,int4"], "--gemm 'int4': expected auto, f32, i8, f16"),
     (["bench", "kernels", "--shapes", "tiny", "--gemm", "i4"], "--gemm 'i4': expected auto, f32, i8, f16"),
     (["bench", "kernels", "--shapes", "tiny", "--no-gemm", "--no-gemv"], "leave nothing to measure"),
+    (["bench", "--shape", "tiny", "--offsets", "both"], "--offsets is an option of `llmgpu bench kernels`"),
 ])
 def test_bench_arguments_fail_before_the_device(monkeypatch, capsys, argv, msg):
     """Bad arguments are refused before the adapter is opened (let alone the bandwidth measured)."""

@@ -177,3 +177,31 @@ def test_awq_scaling_lowers_output_error(rng, asym):
     assert err == pytest.approx(out_err(x[::2], w, wq), rel=1e-3)
     assert alpha is not None and alpha > 0
     assert out_err(x, w, wq) < 0.7 * out_err(x, w, dequantize(quantize(w, 32, asymmetric=asym)[0]))
+
+
+def test_weighted_search_clips_weights_on_unimportant_inputs(rng):
+    """With calibration importance the search may clip a group's largest weight when its input barely
+    matters, for finer steps on the inputs that do (quant.CLIP_CANDIDATES); the plain search (the
+    default path) never clips it. Catches: the clip candidates not tried (the weighted error stays
+    at the unclipped optimum), or tried without importance (the default recipe changed)."""
+    w = rng.standard_normal((64, 64)).astype(np.float32) * 0.1
+    w[:, 0] = 1.0 * np.sign(rng.standard_normal(64))  # group 0's largest weights, all on input 0...
+    imp = np.ones(64, np.float32)
+    imp[0] = 1e-4  # ...whose input is almost always ~0
+    t, _ = quantize(w, 32, importance=imp)
+    m = np.abs(w.reshape(64, 2, 32)).max(axis=2)
+    assert np.all(np.abs(t.scales[:, 0].astype(np.float32)) < m[:, 0] / 8 * 0.95)  # input 0 clipped: finer steps
+    r = (dequantize(t) - w)[:, 1:32]
+    no_clip = quant_no_clip(w, imp)
+    assert (r ** 2).sum() < 0.7 * ((no_clip - w)[:, 1:32] ** 2).sum()
+    plain, _ = quantize(w, 32)
+    assert np.all(np.abs(plain.scales.astype(np.float32)) >= m / 8 * (1 - 2e-3))
+
+
+def quant_no_clip(w, imp):
+    from llmgpu import quant
+    saved, quant.CLIP = quant.CLIP, False
+    try:
+        return dequantize(quantize(w, 32, importance=imp)[0])
+    finally:
+        quant.CLIP = saved

@@ -157,3 +157,54 @@ def test_calibration_needs_float_layers(tmp_path, rng):
     again = quantize_checkpoint(q, 64, progress=False, requantize=True)
     assert again.tensors["model.layers.0.mlp.up_proj.weight"].group_size == 64
     assert again.quantization["requantized"] is True
+
+
+def test_load_quantizes_asymmetric_at_load_time(tmp_path, rng, monkeypatch):
+    """Model.load(float source, asymmetric=True) quantizes with offsets (no `llmgpu quantize` step),
+    caches that recipe apart from the default, and the GPU model matches transformers on those
+    dequantized weights, which differ from the same weights without their offsets.
+    Catches: the option dropped between load and the quantizer (no offsets), offsets ignored on the
+    way to the kernels (logits off by the offsets' contribution), one cache entry for both recipes."""
+    monkeypatch.setenv("LLMGPU_CACHE", str(tmp_path / "cache"))
+    ck, hf_cfg = float_checkpoint(tmp_path / "src", rng)
+    m = Model.load(str(tmp_path / "src"), asymmetric=True, progress=False, max_seq=32, chunk=8, q8=False)
+    q4 = [t for t in m.ckpt.tensors.values() if isinstance(t, Q4Tensor)]
+    assert m.ckpt.quantization["asymmetric"] is True and q4 and all(t.offsets is not None for t in q4)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 17)]
+    ref = reference_logits(m.ckpt, hf_cfg, ids)
+    assert rel(m.logits(ids), ref) < 1e-2
+    import dataclasses
+    no_offsets = {n: dataclasses.replace(t, offsets=None) if isinstance(t, Q4Tensor) else t
+                  for n, t in m.ckpt.tensors.items()}
+    assert rel(reference_logits(dataclasses.replace(m.ckpt, tensors=no_offsets), hf_cfg, ids), ref) > 0.1
+    from llmgpu.loader import load_cached_or_quantize
+    assert load_cached_or_quantize(tmp_path / "src", 32, progress=False).quantization["asymmetric"] is False
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_sequential_calibration_sees_the_quantized_layers_outputs(tmp_path, rng, monkeypatch):
+    """Layer 1 is calibrated on what the quantized (dequantized, folded) layer 0 computes, not on the
+    float model's activations (calibrate.SEQUENTIAL, recorded in the metadata). Catches: the float
+    hidden states passed on to the next layer, or the quantized layer run without its folded norm."""
+    ck, _ = float_checkpoint(tmp_path / "src", rng)
+    seen = {}
+    real = calibrate.quantize_layer
+
+    def spy(T, i, xs, *a):
+        seen[i] = xs
+        return real(T, i, xs, *a)
+    monkeypatch.setattr(calibrate, "quantize_layer", spy)
+    ids = [int(i) for i in rng.integers(0, BASE["vocab_size"], 200)]
+    (tmp_path / "cal.txt").write_text(" ".join(f"t{i}" for i in ids))
+    q = quantize_checkpoint(ck, 32, progress=False, calibrate=str(tmp_path / "cal.txt"))
+    assert q.quantization["calibration"]["sequential"] is True
+    cfg, inv = ck.config, rope_inv_freq(ck.config)
+    deq = {n: (t.dequantize() if isinstance(t, Q4Tensor) else t) for n, t in q.tensors.items()}
+    h0 = [np.asarray(ck.tensors["model.embed_tokens.weight"], np.float32)[ids]]
+    (hq,), _ = calibrate.layer_forward(deq, cfg, 0, h0, inv)
+    (hf,), _ = calibrate.layer_forward(ck.tensors, cfg, 0, h0, inv)
+    norm = ck.tensors["model.layers.1.input_layernorm.weight"]  # layer 1's, before its own fold
+    got = seen[1]["qkv"]
+    want = calibrate.rmsnorm(hq, norm, cfg.rms_norm_eps)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(got - calibrate.rmsnorm(hf, norm, cfg.rms_norm_eps)).max() > 1e-2 * np.abs(want).max()

@@ -1,0 +1,105 @@
+"""Perplexity of quantization recipes on held-out text, in NumPy on the CPU (no GPU): for trying
+calibration ideas quickly. The same windows as `llmgpu perplexity --ctx 512 --stride 511`; every
+variant, and F (the checkpoint's own weights, dequantized), runs the same int8 lm_head, so the
+numbers compare with one another (they matched llmgpu's to about 4 digits before).
+
+    python bench/calib_eval.py EVAL.txt [--tokens 1020] [--group-size 32] [--calibrate FILE] [--variant NAME]
+
+Prints one line per recipe: perplexity, vs F, top-1 agreement with F, seconds to quantize.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+
+import numpy as np
+
+from llmgpu import calibrate
+from llmgpu.config import rope_inv_freq
+from llmgpu.defaults import default_model_path
+from llmgpu.loader import _requantizable, load_checkpoint, quantize_checkpoint
+from llmgpu.quant import Q4Tensor, Q8Tensor, dequantize, quantize_q8
+from llmgpu.tokenizer import encode_prompt
+
+
+def forward_logits(T: dict, cfg, ids: list[int], head: np.ndarray) -> np.ndarray:
+    hs = [np.asarray(T["model.embed_tokens.weight"], np.float32)[ids]]
+    inv = rope_inv_freq(cfg)
+    for i in range(cfg.num_hidden_layers):
+        hs, _ = calibrate.layer_forward(T, cfg, i, hs, inv)
+    return calibrate.rmsnorm(hs[0], T["model.norm.weight"], cfg.rms_norm_eps) @ head.T
+
+
+def score(T, cfg, ids, head, ctx=512, stride=511):
+    """(nll sum, scored, argmax per scored token) with perplexity's windows (cli.score_windows)."""
+    nll, top, start, done = 0.0, [], 0, 1
+    while done < len(ids):
+        end = min(start + ctx, len(ids))
+        w = ids[start:end]
+        x = forward_logits(T, cfg, w, head).astype(np.float64)[done - 1 - start:len(w) - 1]
+        tgt = np.asarray(w[done - start:])
+        m = x.max(1, keepdims=True)
+        nll += float((m[:, 0] + np.log(np.exp(x - m).sum(1)) - x[np.arange(len(tgt)), tgt]).sum())
+        top.append(x.argmax(1))
+        done, start = end, start + stride
+    top = np.concatenate(top)
+    return nll, len(top), top
+
+
+def floats(T: dict) -> dict:
+    return {n: (dequantize(t) if isinstance(t, (Q4Tensor, Q8Tensor)) else t) for n, t in T.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("eval")
+    p.add_argument("--tokens", type=int, default=1020)
+    p.add_argument("--group-size", type=int, nargs="+", default=[32])
+    p.add_argument("--calibrate", default=None, help="calibration text (default: the shipped one)")
+    p.add_argument("--recipes", default="F,plain,calibrated")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a knob of llmgpu/calibrate.py (quant.NAME: of llmgpu/quant.py) for this run, e.g. quant.CLIP=False, "
+                        "_ALPHAS=(0,0.25,0.5), SEQUENTIAL=True, DEFAULT_TOKENS=4096 (a Python literal)")
+    a = p.parse_args(argv)
+    import ast
+    from llmgpu import quant
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        mod, k = (quant, k[6:]) if k.startswith("quant.") else (calibrate, k)
+        if not hasattr(mod, k):
+            raise SystemExit(f"{mod.__name__} has no {k}")
+        setattr(mod, k, ast.literal_eval(v))
+        print(f"{mod.__name__}.{k} = {getattr(mod, k)!r}", flush=True)
+    ck = load_checkpoint(default_model_path())
+    ids = encode_prompt(ck.tokenizer, open(a.eval, encoding="utf-8").read(), add_bos=ck.add_bos,
+                        bos_token_id=ck.bos_token_id)[:a.tokens]
+    fl = dataclasses.replace(ck, tensors=_requantizable(ck))
+    emb = np.asarray(fl.tensors["model.embed_tokens.weight"], np.float32)
+    head = dequantize(quantize_q8(fl.tensors.get("lm_head.weight", emb))[0])
+    nll, n, topF = score(floats(fl.tensors), ck.config, ids, head)
+    pF = math.exp(nll / n)
+    if "F" in a.recipes.split(","):
+        print(f"F: perplexity {pF:.3f} over {n} tokens", flush=True)
+    for gs in a.group_size:
+        for r in a.recipes.split(","):
+            if r == "F":
+                continue
+            t0 = time.time()
+            q = quantize_checkpoint(fl, gs, progress=False, asymmetric=r == "asymmetric",
+                                    calibrate=(a.calibrate or True) if r == "calibrated" else None, note=lambda m: None)
+            dt = time.time() - t0
+            T = floats(q.tensors)
+            nll, n, top = score(T, ck.config, ids, head)
+            pp = math.exp(nll / n)
+            extra = ""
+            if "calibration" in q.quantization:
+                extra = f"  calib output error {q.quantization['calibration']['output_error_mean']:.4f}"
+            print(f"g{gs} {r}: perplexity {pp:.3f} ({pp / pF - 1:+.1%} vs F), top-1 {np.mean(top == topF):.1%}, "
+                  f"quantized in {dt:.0f} s{extra}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
