@@ -182,7 +182,7 @@ class Scratch:
     gu: object  # (C, 2·ff) f32
     act: object  # (C, ff) f32
     scores: object  # (n_heads, max_seq) f32, decode attention's scratch (prefill's flash attention has none)
-    logits: object  # (logit_rows, V) f32
+    logits: object  # (logit_rows, logit_stride) f32: the first V of each row
     x8: Q8Act  # (d,) int8 blocks: decode's normed input
     att8: Q8Act  # (q_dim,) int8 blocks: decode's attention output
     act8: Q8Act  # (ff,) int8 blocks: decode's silu(gate)·up
@@ -190,20 +190,23 @@ class Scratch:
     att8m: Q8Act  # (C, q_dim)
     act8m: Q8Act  # (C, ff)
     logit_rows: int
+    logit_stride: int  # floats from one logits row to the next (V, padded to the binding alignment)
 
     @classmethod
     def allocate(cls, dev: Device, cfg: ModelConfig, heads: Heads, C: int) -> "Scratch":
         d, ff, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
         f32 = lambda n, label: dev.buffer(size=n * F32, label=label)  # noqa: E731
-        rows = max(1, min(C, dev.max_binding // (V * F32)))
+        # logits rows padded to the adapter's binding-offset alignment: the head binds one row of them
+        stride = -(-V * F32 // dev.storage_align) * dev.storage_align // F32
+        rows = max(1, min(C, dev.max_binding // (stride * F32)))
         return cls(ids=dev.buffer(size=C * 4, label="ids"), h=f32(C * d, "h"), xn=f32(C * d, "xn"),
                    qkv=f32(C * heads.qkv_dim, "qkv"), q=f32(C * heads.q_dim, "q"), att=f32(C * heads.q_dim, "att"),
                    gu=f32(C * 2 * ff, "gu"), act=f32(C * ff, "act"),
-                   scores=f32(heads.n_heads * heads.max_seq, "scores"), logits=f32(rows * V, "logits"),
+                   scores=f32(heads.n_heads * heads.max_seq, "scores"), logits=f32(rows * stride, "logits"),
                    x8=ops.q8_act(dev, d, label="x8"), att8=ops.q8_act(dev, heads.q_dim, label="att8"),
                    act8=ops.q8_act(dev, ff, label="act8"), x8m=ops.q8_act(dev, d, C, label="x8m"),
                    att8m=ops.q8_act(dev, heads.q_dim, C, label="att8m"), act8m=ops.q8_act(dev, ff, C, label="act8m"),
-                   logit_rows=rows)
+                   logit_rows=rows, logit_stride=stride)
 
 
 # ---- the model ---------------------------------------------------------------------------
@@ -374,7 +377,7 @@ class Model:
         V = cfg.vocab_size
         x = b.x8 if self.head_q8 else b.xn
         return [ops.rmsnorm(self.dev, b.h, self.norm, x, rows=1, dim=cfg.hidden_size, eps=cfg.rms_norm_eps, row0=row),
-                *ops.gemv(self.dev, self.lm_head, x, (b.logits, out_row * V * F32, V * F32), act="f32")]
+                *ops.gemv(self.dev, self.lm_head, x, (b.logits, out_row * b.logit_stride * F32, V * F32), act="f32")]
 
     def step_ops(self, M: int, head: bool = True) -> list[Op]:
         """Every dispatch of a step over M new tokens: embedding, layers, and (head) the logits
@@ -519,7 +522,8 @@ class Model:
                 r1 = min(len(part), r0 + rows)
                 heads = [op for r in range(r0, r1) for op in self._row_head(r, r - r0)]
                 ops.submit(self.dev, heads)  # each row through the same path as decode's head
-                out[s + r0:s + r1] = self.dev.read(self.buf.logits, np.float32, (r1 - r0, self.config.vocab_size))
+                got = self.dev.read(self.buf.logits, np.float32, (r1 - r0, self.buf.logit_stride))
+                out[s + r0:s + r1] = got[:, :self.config.vocab_size]
         return out
 
     def _row_head(self, row: int, out_row: int) -> list[Op]:

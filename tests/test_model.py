@@ -201,3 +201,18 @@ def test_prefill_gemm_routes_match_transformers(tmp_path, rng, arch):
             names = [op.name for op in m.step_ops(8, False)]
             assert names.count("q4gsw_gemm_i8:main") == 4 * BASE["num_hidden_layers"]
             assert "q4gsw_gemm:main" not in names
+
+
+def test_a_vocabulary_off_the_binding_alignment(tmp_path, rng):
+    """A vocabulary whose rows of f32 logits are not a multiple of the adapter's storage-offset
+    alignment (330 · 4 bytes; 32001-token Llama-2 fine-tunes on a GPU): Model.logits binds one row
+    per position, so the rows are padded; every position's logits still match transformers."""
+    ckpt, hf_cfg = make_checkpoint(tmp_path, "llama-tied", rng, vocab_size=330)
+    dev = get_device()
+    assert (330 * 4) % dev.storage_align
+    ids = [int(i) for i in rng.integers(0, 330, 11)]
+    m = Model(ckpt, dev=dev, max_seq=32, chunk=8, q8=False)
+    assert m.buf.logit_stride % (dev.storage_align // 4) == 0 and m.buf.logit_stride >= 330
+    got = m.logits(ids)
+    ref = reference_logits(ckpt, hf_cfg, ids)
+    assert got.shape == (11, 330) and rel(got, ref) < 1e-2, f"{rel(got, ref):.2e}"
