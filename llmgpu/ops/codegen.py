@@ -58,6 +58,67 @@ def gemv_snippets(R: int, q8: bool = False, w8: bool = False, silu: bool = False
     }
 
 
+def gemv_lanes_snippets(R: int, WG: int, K: int, GS: int, q8: bool = False, w8: bool = False,
+                        silu: bool = False, offsets: bool = False) -> dict:
+    """q4gsw_gemv.wgsl with LANES: one invocation per row, R rows (row0 + r·WG) each, the K/32
+    chunks unrolled so that every activation load has a constant address (one load on a CPU
+    adapter, where a per-invocation address costs a loop over the SIMD lanes). Group scales (and
+    offsets) come from sw, one vec4 per 2 (or 4) groups, loaded when a chunk enters a new vec4.
+    Outputs: + bias, + y (RESIDUAL) into y, or with silu the 64 sums into ys."""
+    nch, per = K // 32, (2 if offsets else 4)
+    nvec = -(-(K // GS) // per)
+    rows = [f"base + {r * WG}u" for r in range(R)]
+    out = [f"    let row{r} = min({rows[r]}, N - 1u);\n    var acc{r} = 0.0;" for r in range(R)]
+    loaded = -1
+    for c in range(nch):
+        g = c * 32 // GS
+        v, lane = divmod(g, per)
+        if v != loaded:
+            out += [f"    let sw{r}_{v} = sw[row{r} * {nvec}u + {v}u];" for r in range(R)]
+            loaded = v
+        sc = lambda r: f"sw{r}_{v}.{'xyzw'[lane * (4 // per)]}"  # noqa: E731
+        off = lambda r: f"sw{r}_{v}.{'xyzw'[2 * lane + 1]}"  # noqa: E731
+        out.append("    {")
+        if q8:
+            out += [f"        let xa = x[{2 * c}u];", f"        let xb2 = x[{2 * c + 1}u];", f"        let dx = xd[{c}u];"]
+        else:
+            out += [f"        let x{i} = vec4<f32>(x[{8 * c + i}u]);" for i in range(8)]
+            if not w8:
+                out += ["        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));",
+                        "        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;"]
+        for r in range(R):
+            if w8:
+                out += [f"        let q{r} = w[2u * (row{r} * {nch}u + {c}u)];",
+                        f"        let p{r} = w[2u * (row{r} * {nch}u + {c}u) + 1u];"]
+            else:
+                out.append(f"        let q{r} = w[row{r} * {nch}u + {c}u];")
+            if w8 and q8:
+                out.append(f"        acc{r} += {sc(r)} * dx.x * f32(idot32w(q{r}, p{r}, xa, xb2));")
+            elif w8:
+                out.append(f"        acc{r} += {sc(r)} * ((fdot8w(q{r}.x, q{r}.y, x0, x1) + fdot8w(q{r}.z, q{r}.w, x2, x3))"
+                           f" + (fdot8w(p{r}.x, p{r}.y, x4, x5) + fdot8w(p{r}.z, p{r}.w, x6, x7)));")
+            elif q8:
+                out.append(f"        acc{r} += {sc(r)} * dx.x * f32(idot32(q{r}, xa, xb2) - i32(dx.y));")
+                if offsets:
+                    out.append(f"        acc{r} += {off(r)} * dx.x * (dx.y / 8.0);")
+            else:
+                out.append(f"        let d{r} = (dot8(q{r}.x, x0, x1) + dot8(q{r}.y, x2, x3)) + "
+                           f"(dot8(q{r}.z, x4, x5) + dot8(q{r}.w, x6, x7));")
+                out.append(f"        acc{r} += {sc(r)} * (16.0 * d{r} - 24.0 * xsum);")
+                if offsets:
+                    out.append(f"        acc{r} += {off(r)} * xsum;")
+        out.append("    }")
+    for r in range(R):
+        if silu:
+            out.append(f"    ys[{r * WG}u + lid] = acc{r};")
+        else:
+            out += [f"    if ({rows[r]} < N) {{", f"        var s = acc{r};",
+                    "//#if HAS_BIAS", f"        s += bias[{rows[r]}];", "//#endif",
+                    f"        if (RESIDUAL) {{ s += f32(y[{rows[r]}]); }}",
+                    f"        y[{rows[r]}] = act_t(s);", "    }"]
+    return {"LANES": "\n".join(out)}
+
+
 def _gemv_out(R: int, silu: bool) -> list[str]:
     """Each row group's lane 0 adds its TPR partial sums: into workgroup memory for the SiLU
     epilogue, else (+ bias, + residual) into y."""
