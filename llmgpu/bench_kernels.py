@@ -193,6 +193,13 @@ GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=256, TPR=64, R=4),
               dict(WG=256, TPR=128, R=2, Q8=True), dict(WG=128, TPR=128, R=1, Q8=True),
               dict(WG=256, TPR=256, R=1, Q8=True), dict(WG=256, TPR=64, R=2, Q8=True),
               dict(WG=128, TPR=64, R=1, Q8=True), dict(WG=256, TPR=32, R=1, Q8=True)]
+# CPU adapters (lavapipe): the LANES kernel (one invocation per row, ops/linear.py) by rows per
+# invocation and workgroup size, and the cooperative kernel it replaced
+GEMV_SWEEP_CPU = [dict(WG=64, TPR=1, R=2, LANES=True, Q8=True), dict(WG=64, TPR=1, R=1, LANES=True, Q8=True),
+                  dict(WG=32, TPR=1, R=4, LANES=True, Q8=True), dict(WG=128, TPR=1, R=2, LANES=True, Q8=True),
+                  dict(WG=64, TPR=1, R=2, LANES=True), dict(WG=128, TPR=16, R=4, Q8=True)]
+SILU_SWEEP_CPU = [dict(WG=32, TPR=1, R=2, LANES=True, Q8=True), dict(WG=64, TPR=1, R=1, LANES=True, Q8=True),
+                  dict(WG=16, TPR=1, R=4, LANES=True, Q8=True), dict(WG=128, TPR=16, R=8, Q8=True)]
 SILU_SWEEP = [dict(WG=256, TPR=16, R=4, Q8=True), dict(WG=256, TPR=32, R=8, Q8=True),
               dict(WG=512, TPR=32, R=4, Q8=True), dict(WG=512, TPR=64, R=8, Q8=True),
               dict(WG=128, TPR=16, R=8, Q8=True), dict(WG=1024, TPR=64, R=4, Q8=True),
@@ -275,7 +282,7 @@ def run(args) -> int:
             if (args.max_k and K > args.max_k) or (args.no_lm_head and lab == "lm_head"):
                 continue
             gemv_cfgs = () if args.no_gemv else (
-                GEMV_SWEEP if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},))
+                (GEMV_SWEEP_CPU if dev.is_cpu else GEMV_SWEEP) if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},))
             row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
                               budget=args.cache_bytes, gemv_cfgs=gemv_cfgs, gemm_cfgs=gemm_cfgs, log=log)
             row.update(shape=name, proj=lab)
@@ -285,7 +292,7 @@ def run(args) -> int:
             if lab == "gate/up" and not args.no_gemv:  # decode's fused gate+up GEMV, SiLU·mul int8 epilogue
                 row = bench_shape(dev, 2 * N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
                                   budget=args.cache_bytes, silu=True, log=log, gemm_cfgs={},
-                                  gemv_cfgs=SILU_SWEEP if args.sweep else ({"Q8": True},))
+                                  gemv_cfgs=(SILU_SWEEP_CPU if dev.is_cpu else SILU_SWEEP) if args.sweep else ({"Q8": True},))
                 row.update(shape=name, proj="gu+silu", roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
                 rows.append(row)
     result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,

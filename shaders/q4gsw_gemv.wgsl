@@ -27,6 +27,8 @@
 //   LANES        one invocation per row (TPR = 1, R rows each, K unrolled): the CPU adapters'
 //                kernel (see its main below); scales and offsets come interleaved in sw
 //                instead of sc and off; no NORM_AFTER
+//   W64          (with LANES) w is read as 64-bit words: array<w64_t>, w64_t = vec2<u64> for
+//                q4gsw (one per 32 values), vec4<u64> for int8 weights (one per 32 values)
 //
 // Bindings (group 0):
 //   P    uniform  N, K, eps (NORM_AFTER)
@@ -70,7 +72,11 @@ struct Params { N: u32, K: u32, eps: f32, _b: u32 }
 //#else
 @group(0) @binding(1) var<storage, read> x: array<vec4<act_t>>;
 //#endif
+//#if W64
+@group(0) @binding(2) var<storage, read> w: array<w64_t>;
+//#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+//#endif
 //#if LANES
 @group(0) @binding(3) var<storage, read> sw: array<vec4<f32>>;
 //#else

@@ -58,13 +58,19 @@ def gemv_snippets(R: int, q8: bool = False, w8: bool = False, silu: bool = False
     }
 
 
+def _u32x4(v: str) -> str:
+    """A vec2<u64> expression's four 32-bit halves, low first, as a vec4<u32>."""
+    return f"vec4<u32>(u32({v}.x & 0xFFFFFFFFlu), u32({v}.x >> 32u), u32({v}.y & 0xFFFFFFFFlu), u32({v}.y >> 32u))"
+
+
 def gemv_lanes_snippets(R: int, WG: int, K: int, GS: int, q8: bool = False, w8: bool = False,
-                        silu: bool = False, offsets: bool = False) -> dict:
+                        silu: bool = False, offsets: bool = False, w64: bool = False) -> dict:
     """q4gsw_gemv.wgsl with LANES: one invocation per row, R rows (row0 + r·WG) each, the K/32
     chunks unrolled so that every activation load has a constant address (one load on a CPU
     adapter, where a per-invocation address costs a loop over the SIMD lanes). Group scales (and
     offsets) come from sw, one vec4 per 2 (or 4) groups, loaded when a chunk enters a new vec4.
-    Outputs: + bias, + y (RESIDUAL) into y, or with silu the 64 sums into ys."""
+    Outputs: + bias, + y (RESIDUAL) into y, or with silu the 64 sums into ys. w64: the weights
+    read as 64-bit words (flag W64), split into the same u32 words."""
     nch, per = K // 32, (2 if offsets else 4)
     nvec = -(-(K // GS) // per)
     rows = [f"base + {r * WG}u" for r in range(R)]
@@ -87,9 +93,14 @@ def gemv_lanes_snippets(R: int, WG: int, K: int, GS: int, q8: bool = False, w8: 
                 out += ["        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));",
                         "        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;"]
         for r in range(R):
-            if w8:
+            if w8 and w64:
+                out += [f"        let v{r} = w[row{r} * {nch}u + {c}u];",
+                        f"        let q{r} = {_u32x4(f'v{r}.xy')};", f"        let p{r} = {_u32x4(f'v{r}.zw')};"]
+            elif w8:
                 out += [f"        let q{r} = w[2u * (row{r} * {nch}u + {c}u)];",
                         f"        let p{r} = w[2u * (row{r} * {nch}u + {c}u) + 1u];"]
+            elif w64:
+                out += [f"        let v{r} = w[row{r} * {nch}u + {c}u];", f"        let q{r} = {_u32x4(f'v{r}')};"]
             else:
                 out.append(f"        let q{r} = w[row{r} * {nch}u + {c}u];")
             if w8 and q8:

@@ -275,14 +275,19 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
     if silu and rows_per_wg != 64:
         raise ValueError(f"the fused SiLU epilogue needs 64 rows per workgroup, not {cfg}")
     fused = norm_after is not None
+    w64 = lanes and cfg.pop("W64", getattr(dev, "has_int64", False))  # 64-bit weight loads (CPU adapters)
+    types = {"act_t": act, "scale_t": dev.act_type}
     if lanes:
-        snippets = gemv_lanes_snippets(cfg["R"], cfg["WG"], lin.K, lin.group_size, q8, lin.w8, silu, lin.has_offsets)
+        snippets = gemv_lanes_snippets(cfg["R"], cfg["WG"], lin.K, lin.group_size, q8, lin.w8, silu,
+                                       lin.has_offsets, w64)
+        if w64:
+            types["w64_t"] = "vec4<u64>" if lin.w8 else "vec2<u64>"
     else:
         snippets = gemv_snippets(cfg["R"], q8, lin.w8, silu, lin.has_offsets)
     pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **lin.flags(), "RESIDUAL": residual, "SILU": silu,
                                               "Q8": q8, "SUBGROUPS": dev.has_subgroups, "NORM_AFTER": fused,
-                                              "COHERENT": fused, "LANES": lanes},
-                        types={"act_t": act, "scale_t": dev.act_type}, snippets=snippets)
+                                              "COHERENT": fused, "LANES": lanes, "W64": w64},
+                        types=types, snippets=snippets)
     xb = {"x": x.xq, "xd": x.xd} if q8 else {"x": x}
     need(pipe.name, "x", xb["x"], lin.K if q8 else lin.K * esize(act))
     ops = []
