@@ -105,10 +105,12 @@ def gemv_config(dev: Device, K: int, N: int = 0) -> dict:
     """Workgroup shape of the GEMV for an (N, K) weight, from `llmgpu bench kernels --sweep`
     (BENCHMARKS.md): on a GPU, one row per row group with 32 threads for short rows and 64 for
     rows of 4096 and more; very tall weights (lm_head) 2 rows. On a CPU adapter (lavapipe), the
-    LANES kernel (one invocation per row, 2 rows each; `lanes_gemv`), else 16 threads and 4 rows
-    (its subgroups are 8 wide)."""
+    LANES kernel (`lanes_gemv`): 16 invocations of 4 rows, so that SmolLM2-135M's 576-960-row
+    weights make 9-15 workgroups to share among the CPU threads (down: 251 against 276 µs for
+    64 × 2, q/k/v and o equal); the lm_head 64 × 2 (bench/cpu_gemv_sweep.py, BENCHMARKS.md).
+    Else 16 threads and 4 rows (its subgroups are 8 wide)."""
     if lanes_gemv(dev, K):
-        return dict(WG=64, TPR=1, R=2, LANES=True)
+        return dict(WG=64, TPR=1, R=2, LANES=True) if N >= 16384 else dict(WG=16, TPR=1, R=4, LANES=True)
     if dev.is_cpu:
         return dict(CPU_COOPERATIVE_GEMV)
     if N >= 65536:
