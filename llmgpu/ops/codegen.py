@@ -189,6 +189,39 @@ def gemm_snippets(BM: int, BN: int, TM: int, TN: int, f16: bool = False) -> dict
             "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
 
 
+def gemm_lanes_snippets(TM: int, TN: int, S: int, offsets: bool = False) -> dict:
+    """q4gsw_gemm.wgsl with LANES: TM×TN named accumulators (a{row}_{column}); the TN weight
+    words, scales and offsets of the current chunk (wq, s16, o24: w = f·16s + (o − 24s), f the
+    nibble as 1 + n/16); per quad of k the activation rows this invocation owns (xr{t}: row
+    lane + S·t), and for each of the 4 k the TN weights and the TM broadcasts."""
+    rows = -(-TM // S)
+    decl = [f"    var a{i}_{j} = 0.0;" for i in range(TM) for j in range(TN)]
+    decl += [f"    var wq{j} = vec4<u32>(0u);\n    var s16_{j} = 0.0;\n    var o24_{j} = 0.0;" for j in range(TN)]
+    loadw = []
+    for j in range(TN):
+        loadw += [f"            let n{j} = min(nb + {j}u, P.N - 1u);",
+                  f"            wq{j} = w[n{j} * (P.K / 32u) + c];",
+                  f"            let s{j} = f32(sc[n{j} * (P.K / GS) + g]);",
+                  f"            s16_{j} = 16.0 * s{j};"]
+        if offsets:
+            loadw.append(f"            o24_{j} = off[n{j} * (P.K / GS) + g] - 24.0 * s{j};")
+        else:
+            loadw.append(f"            o24_{j} = -24.0 * s{j};")
+    loadx = [f"        let xr{t} = vec4<f32>(x[min(m0 + lane + {S * t}u, P.M - 1u) * (P.K / 4u) + k4]);"
+             for t in range(rows)]
+    mac = [f"        let word{j} = select(select(wq{j}.x, wq{j}.y, q >= 2u), select(wq{j}.z, wq{j}.w, q >= 6u), "
+           f"q >= 4u) >> sh;" for j in range(TN)]
+    for kq in range(4):
+        mac += [f"        let w{j}_{kq} = fma(bitcast<f32>(((word{j} >> {4 * kq}u) & 0xFu) << 19u | 0x3F800000u), "
+                f"s16_{j}, o24_{j});" for j in range(TN)]
+        for i in range(TM):
+            mac.append(f"        {{ let a = subgroupBroadcast(xr{i // S}.{'xyzw'[kq]}, {i % S}u); "
+                       + " ".join(f"a{i}_{j} = fma(a, w{j}_{kq}, a{i}_{j});" for j in range(TN)) + " }")
+    store = [f"    put(m0 + {i}u, nb + {j}u, a{i}_{j});" for i in range(TM) for j in range(TN)]
+    return {"LANES_DECL": "\n".join(decl), "LANES_LOADW": "\n".join(loadw), "LANES_LOADX": "\n".join(loadx),
+            "LANES_MAC": "\n".join(mac), "LANES_STORE": "\n".join(store)}
+
+
 def flash_snippets(NJ: int, NL: int) -> dict:
     """attention_prefill.wgsl: the output accumulators of a thread's 4 query rows (i) and NJ
     vec4 columns of the head (n: column tx + n·TX, clamped to the head for loads; `put` skips

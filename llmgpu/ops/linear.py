@@ -13,7 +13,7 @@ import numpy as np
 from ..defaults import GEMM_ROUTES
 from ..gpu import Device
 from ..quant import Q4Tensor, Q8Tensor
-from .codegen import gemm_i8_snippets, gemm_snippets, gemv_lanes_snippets, gemv_snippets
+from .codegen import gemm_i8_snippets, gemm_lanes_snippets, gemm_snippets, gemv_lanes_snippets, gemv_snippets
 from .core import Op, esize, make_op, need, submit
 from .layer import Q8Act, q8_act, quantize_q8
 
@@ -185,6 +185,8 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> di
     takes the same tiles; the int8 route: `_i8_gemm_config`. CPU adapters: `_cpu_gemm_config`."""
     if route == "i8":
         return _i8_gemm_config(dev, M, N)
+    if dev.is_cpu and route == "f32" and getattr(dev, "has_subgroups", False) and dev.subgroup_size >= 4:
+        return _cpu_lanes_gemm_config(dev, M)
     if dev.is_cpu:
         return _cpu_gemm_config(dev, M)
     if M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
@@ -194,6 +196,17 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> di
     else:
         cfg = dict(BM=64, BN=64, TM=4, TN=4)
     return {**cfg, "WG": (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])}
+
+
+def _cpu_lanes_gemm_config(dev: Device, M: int) -> dict:
+    """The f32 GEMM on a CPU adapter with subgroups: the LANES kernel (q4gsw_gemm.wgsl), one
+    subgroup per workgroup, each invocation 4 output columns and all of the tile's rows: as
+    many rows as M needs, up to 32. SmolLM2-135M's gate/up (3072×576) at M = 128 on lavapipe:
+    20–22 ms for 16–32 rows × 4 or 8 columns, 36 ms for 16 × 16, against 64–70 ms for the tiled
+    kernel's best tile (BENCHMARKS.md)."""
+    S = dev.subgroup_size
+    TM = min(32, S * -(-M // S))
+    return dict(BM=TM, BN=S * 4, TM=TM, TN=4, WG=S, LANES=True)
 
 
 def _cpu_gemm_config(dev: Device, M: int) -> dict:
@@ -331,6 +344,11 @@ def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
         raise ValueError(f"GEMM tile {cfg} needs {gemm_workgroup_bytes(cfg, route)} bytes of workgroup memory; "
                          f"{dev.name} has {dev.max_workgroup_storage}")
     consts = {**cfg, **lin.flags(), "RESIDUAL": residual}
+    lanes = bool(cfg.get("LANES"))
+    if lanes and (route != "f32" or not dev.has_subgroups or cfg["WG"] != dev.subgroup_size or cfg["BM"] != cfg["TM"]
+                  or cfg["BN"] != cfg["WG"] * cfg["TN"]):
+        raise ValueError(f"the LANES GEMM takes the f32 route, one subgroup per workgroup (WG = "
+                         f"{dev.subgroup_size if dev.has_subgroups else 'no subgroups'}), BM = TM, BN = WG·TN: {cfg}")
     if q8:
         consts.setdefault("KB", 2)
         consts.setdefault("EXPAND", False)
@@ -341,9 +359,12 @@ def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
         need(pipe.name, "x scales", x.xd, rows * (lin.K // 32) * 8)
         xb = {"xq": x.xq, "xd": x.xd}
     else:
+        consts["LANES"] = lanes
+        snippets = (gemm_lanes_snippets(cfg["TM"], cfg["TN"], cfg["WG"], lin.has_offsets) if lanes else
+                    gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"], f16=route == "f16"))
         pipe = dev.pipeline("q4gsw_gemm", consts=consts,
                             types={"act_t": act, "scale_t": dev.act_type, "mul_t": "f16" if route == "f16" else "f32"},
-                            snippets=gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"], f16=route == "f16"))
+                            snippets=snippets)
         need(pipe.name, "x", x, rows * lin.K * esize(act))
         xb = {"x": x}
     need(pipe.name, "y", y, rows * lin.N * esize(act))
