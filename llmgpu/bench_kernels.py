@@ -233,10 +233,21 @@ GEMM_F16_SWEEP_CPU = [dict(BM=8, BN=128, TM=8, TN=16), dict(BM=16, BN=128, TM=16
                       dict(BM=64, BN=128, TM=16, TN=16)]
 
 
+def lanes_gemm_sweep(dev) -> list[dict]:
+    """The CPU adapters' LANES GEMM (ops/linear.py) by rows and columns per invocation, for this
+    adapter's subgroup size (one subgroup per workgroup)."""
+    if not dev.has_subgroups:
+        return []
+    S = dev.subgroup_size
+    return [dict(BM=tm, BN=S * tn, TM=tm, TN=tn, WG=S, LANES=True)
+            for tm, tn in ((32, 4), (16, 4), (16, 8), (8, 8), (32, 2), (24, 4))]
+
+
 def gemm_sweep(dev, routes) -> dict:
     """{route: tile configurations} that `--sweep` tries on this adapter (CPU or GPU lists)."""
     cpu = dev.is_cpu
-    lists = {"f32": GEMM_SWEEP_CPU if cpu else GEMM_SWEEP, "i8": GEMM_I8_SWEEP_CPU if cpu else GEMM_I8_SWEEP,
+    lists = {"f32": (lanes_gemm_sweep(dev) + GEMM_SWEEP_CPU) if cpu else GEMM_SWEEP,
+             "i8": GEMM_I8_SWEEP_CPU if cpu else GEMM_I8_SWEEP,
              "f16": GEMM_F16_SWEEP_CPU if cpu else GEMM_F16_SWEEP}
     return {r: lists[r] for r in routes}
 
