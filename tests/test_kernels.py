@@ -299,8 +299,9 @@ def test_cpu_adapters_take_the_lanes_kernels_and_gpus_keep_theirs():
     assert gemv_config(gpu, 576, 960) == dict(WG=256, TPR=32, R=1)
     assert gemv_config(gpu, 576, 49152) == dict(WG=256, TPR=32, R=1)
     assert silu_gemv_config(gpu, 576) == dict(WG=256, TPR=16, R=4)
-    assert [gemm_config(cpu, M)["TM"] for M in (1, 8, 9, 37, 128)] == [8, 8, 16, 32, 32]
-    assert gemm_config(cpu, 128) == dict(BM=32, BN=32, TM=32, TN=4, WG=8, LANES=True)
+    assert [gemm_config(cpu, M)["TM"] for M in (1, 8, 9, 17, 37, 128, 256)] == [8, 8, 16, 24, 40, 16, 16]
+    assert gemm_config(cpu, 128) == dict(BM=16, BN=64, TM=16, TN=8, WG=8, LANES=True)
+    assert gemm_config(cpu, 37) == dict(BM=40, BN=32, TM=40, TN=4, WG=8, LANES=True)
     assert "LANES" not in gemm_config(cpu, 128, route="f16")
     assert "LANES" not in gemm_config(SimpleNamespace(is_cpu=True, max_workgroup_storage=32768), 128)
     assert "LANES" not in gemm_config(gpu, 128)

@@ -200,13 +200,19 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> di
 
 def _cpu_lanes_gemm_config(dev: Device, M: int) -> dict:
     """The f32 GEMM on a CPU adapter with subgroups: the LANES kernel (q4gsw_gemm.wgsl), one
-    subgroup per workgroup, each invocation 4 output columns and all of the tile's rows: as
-    many rows as M needs, up to 32. SmolLM2-135M's gate/up (3072×576) at M = 128 on lavapipe:
-    20–22 ms for 16–32 rows × 4 or 8 columns, 36 ms for 16 × 16, against 64–70 ms for the tiled
-    kernel's best tile (BENCHMARKS.md)."""
+    subgroup per workgroup, each invocation TN output columns and all of the tile's TM rows.
+    TM: of 16-40 rows (8 for M <= 8), the one that pads M least (rows past M are computed for
+    nothing), the smaller on a tie; 16 rows take 8 columns, more rows 4. SmolLM2-135M on lavapipe
+    (BENCHMARKS.md): gate/up (3072×576) at M = 128 in 24 ms for 16 × 8 and 32 × 4 (34 for 8 × 8),
+    at M = 37 in 6.9 ms for 40 × 4 (11.9 for 32 × 4); the tiled kernel's best tile took 64–70
+    ms at M = 128."""
     S = dev.subgroup_size
-    TM = min(32, S * -(-M // S))
-    return dict(BM=TM, BN=S * 4, TM=TM, TN=4, WG=S, LANES=True)
+    if M <= 8 or S > 8:
+        TM = S * -(-min(M, 32) // S)
+    else:
+        TM = min((t for t in (16, 24, 32, 40) if t % S == 0), key=lambda t: (t * -(-M // t), t))
+    TN = 8 if TM <= 16 else 4
+    return dict(BM=TM, BN=S * TN, TM=TM, TN=TN, WG=S, LANES=True)
 
 
 def _cpu_gemm_config(dev: Device, M: int) -> dict:
