@@ -180,7 +180,7 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
         row.update(_bench_gemm(dev, lins, M, gemm_cfgs, reps, rng, log))
     for lin in lins:
         for sl in lin.slices:
-            for b in (sl.qweight, sl.scales, sl.offsets):
+            for b in (sl.qweight, sl.scales, sl.offsets, sl.lanes):
                 if b is not None:
                     b.destroy()
     return row
