@@ -183,7 +183,7 @@ def bench_shape(dev, N, K, *, gs, M, reps, rng, budget, gemv_cfgs=(None,), gemm_
         row.update(_bench_gemm(dev, lins, M, gemm_cfgs, reps, rng, log))
     for lin in lins:
         for sl in lin.slices:
-            for b in (sl.qweight, sl.scales, sl.offsets):
+            for b in (sl.qweight, sl.scales, sl.offsets, sl.lanes):
                 if b is not None:
                     b.destroy()
     return row
@@ -196,6 +196,13 @@ GEMV_SWEEP = [dict(WG=128, TPR=32, R=2), dict(WG=256, TPR=64, R=4),
               dict(WG=256, TPR=128, R=2, Q8=True), dict(WG=128, TPR=128, R=1, Q8=True),
               dict(WG=256, TPR=256, R=1, Q8=True), dict(WG=256, TPR=64, R=2, Q8=True),
               dict(WG=128, TPR=64, R=1, Q8=True), dict(WG=256, TPR=32, R=1, Q8=True)]
+# CPU adapters (lavapipe): the LANES kernel (one invocation per row, ops/linear.py) by rows per
+# invocation and workgroup size, and the cooperative kernel it replaced
+GEMV_SWEEP_CPU = [dict(WG=64, TPR=1, R=2, LANES=True, Q8=True), dict(WG=64, TPR=1, R=1, LANES=True, Q8=True),
+                  dict(WG=32, TPR=1, R=4, LANES=True, Q8=True), dict(WG=128, TPR=1, R=2, LANES=True, Q8=True),
+                  dict(WG=64, TPR=1, R=2, LANES=True), dict(WG=128, TPR=16, R=4, Q8=True)]
+SILU_SWEEP_CPU = [dict(WG=32, TPR=1, R=2, LANES=True, Q8=True), dict(WG=64, TPR=1, R=1, LANES=True, Q8=True),
+                  dict(WG=16, TPR=1, R=4, LANES=True, Q8=True), dict(WG=128, TPR=16, R=8, Q8=True)]
 SILU_SWEEP = [dict(WG=256, TPR=16, R=4, Q8=True), dict(WG=256, TPR=32, R=8, Q8=True),
               dict(WG=512, TPR=32, R=4, Q8=True), dict(WG=512, TPR=64, R=8, Q8=True),
               dict(WG=128, TPR=16, R=8, Q8=True), dict(WG=1024, TPR=64, R=4, Q8=True),
@@ -229,10 +236,21 @@ GEMM_F16_SWEEP_CPU = [dict(BM=8, BN=128, TM=8, TN=16), dict(BM=16, BN=128, TM=16
                       dict(BM=64, BN=128, TM=16, TN=16)]
 
 
+def lanes_gemm_sweep(dev) -> list[dict]:
+    """The CPU adapters' LANES GEMM (ops/linear.py) by rows and columns per invocation, for this
+    adapter's subgroup size (one subgroup per workgroup)."""
+    if not dev.has_subgroups:
+        return []
+    S = dev.subgroup_size
+    return [dict(BM=tm, BN=S * tn, TM=tm, TN=tn, WG=S, LANES=True)
+            for tm, tn in ((32, 4), (16, 4), (16, 8), (8, 8), (32, 2), (24, 4))]
+
+
 def gemm_sweep(dev, routes) -> dict:
     """{route: tile configurations} that `--sweep` tries on this adapter (CPU or GPU lists)."""
     cpu = dev.is_cpu
-    lists = {"f32": GEMM_SWEEP_CPU if cpu else GEMM_SWEEP, "i8": GEMM_I8_SWEEP_CPU if cpu else GEMM_I8_SWEEP,
+    lists = {"f32": (lanes_gemm_sweep(dev) + GEMM_SWEEP_CPU) if cpu else GEMM_SWEEP,
+             "i8": GEMM_I8_SWEEP_CPU if cpu else GEMM_I8_SWEEP,
              "f16": GEMM_F16_SWEEP_CPU if cpu else GEMM_F16_SWEEP}
     return {r: lists[r] for r in routes}
 
@@ -279,7 +297,7 @@ def run(args) -> int:
             if (args.max_k and K > args.max_k) or (args.no_lm_head and lab == "lm_head"):
                 continue
             gemv_cfgs = () if args.no_gemv else (
-                GEMV_SWEEP if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},))
+                (GEMV_SWEEP_CPU if dev.is_cpu else GEMV_SWEEP) if args.sweep else ({**gemv_config(dev, K, N), "Q8": True},))
             for off in variants:  # the same shape and configurations with and without offsets, back to back
                 row = bench_shape(dev, N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
                                   budget=args.cache_bytes, gemv_cfgs=gemv_cfgs, gemm_cfgs=gemm_cfgs, log=log,
@@ -292,7 +310,8 @@ def run(args) -> int:
                 for off in variants:
                     row = bench_shape(dev, 2 * N, K, gs=args.group_size, M=args.m, reps=args.repeat, rng=rng,
                                       budget=args.cache_bytes, silu=True, log=log, gemm_cfgs={},
-                                      gemv_cfgs=SILU_SWEEP if args.sweep else ({"Q8": True},), offsets=off)
+                                      gemv_cfgs=(SILU_SWEEP_CPU if dev.is_cpu else SILU_SWEEP) if args.sweep else ({"Q8": True},),
+                                      offsets=off)
                     row.update(shape=name, proj="gu+silu", roofline_pct=100 * row["gemv_gbs"] * 1e9 / bw)
                     rows.append(row)
     result = dict(adapter=dev.name, stream_read_gbs=bw / 1e9, group_size=args.group_size,

@@ -23,6 +23,9 @@ UNIFORM = BU.UNIFORM | BU.COPY_DST
 
 # The features we use when the adapter has them; each has a fallback.
 WANTED_FEATURES = ("shader-f16", "subgroup", "timestamp-query", "memory-decoration-coherent")
+# ... and on CPU adapters only: 64-bit integers, so that the LANES GEMV (ops/linear.py) loads
+# weights in 64-bit words (lavapipe loads a word per invocation at a time: half the loads)
+CPU_FEATURES = ("shader-int64",)
 # The limits we raise to the adapter's own values (wgpu's defaults are far lower).
 WANTED_LIMITS = (
     "max-storage-buffer-binding-size",
@@ -154,6 +157,8 @@ class Device:
         want = {"shader-f16": f16, "subgroup": subgroups, "timestamp-query": timestamps,
                 "memory-decoration-coherent": coherent}
         feats = [f for f in WANTED_FEATURES if f in have and want[f] is not False]
+        if self.adapter.info["adapter_type"] == "CPU":
+            feats += [f for f in CPU_FEATURES if f in have]
         for f, w in want.items():
             if w and f not in have:
                 raise GpuError(f"adapter {_describe(self.adapter)} lacks feature {f!r}; drop the request for it")
@@ -168,6 +173,7 @@ class Device:
         # @coherent storage: what one workgroup stores is seen by others after a grid barrier
         # inside one dispatch (the persistent decode kernel needs it; decode.wgsl)
         self.has_coherent = "memory-decoration-coherent" in self.features
+        self.has_int64 = "shader-int64" in self.features  # (requested on CPU adapters only)
         # dot4I8Packed (WGSL language feature packed_4x8_integer_dot_product), the int8 GEMM's
         # instruction. wgpu-py 0.32 reports no language features at all (an empty set); naga
         # compiles the builtin on every backend (SPIR-V OpSDot where the Vulkan device has integer

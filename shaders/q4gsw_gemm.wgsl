@@ -12,6 +12,7 @@
 //   x    read     array<vec4<act_t>>  (M, K/4)
 //   P, w, sc, off, y, bias: as gemm_common.wgsl lists them (shared with the other GEMM)
 //
+// Flag LANES: the CPU adapters' kernel (below, before the tiled one).
 // Each step stages a BM×32 slice of x and a BN×32 slice of dequantized W (scale and offset
 // applied in f32, then rounded to mul_t) in workgroup memory, k-major, then every thread
 // accumulates a TM×TN block with vec4 FMAs. Thread (tx, ty) owns rows 4·(ty + i·BM/TM) + 0..3
@@ -30,6 +31,33 @@ override WG: u32 = 256u;      // (BM / TM) · (BN / TN)
 override GS: u32 = 32u;
 override RESIDUAL: bool = false;
 //#include gemm_common
+//#if LANES
+// CPU adapters (flag LANES; f32): one subgroup per workgroup (WG = its size S, BM = TM,
+// BN = S·TN) and no workgroup memory. Invocation l owns the TN output columns nb .. nb+TN−1 and
+// dequantizes their weights itself; of the BM activation rows it loads rows m0 + l + S·t, four
+// k at a time, and every invocation takes each row's values from its owner with
+// subgroupBroadcast at a constant lane. lavapipe runs a subgroup as one SIMD loop over its
+// invocations: there a broadcast is a register shuffle, while each workgroup-memory load whose
+// address differs between invocations (the tiled kernel below) is a loop over the lanes.
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let m0 = wid.y * BM;
+    let nb = wid.x * BN + lane * TN;
+//@LANES_DECL
+    for (var k4 = 0u; k4 < P.K / 4u; k4++) {
+        let q = k4 % 8u;              // k = 4·k4: quad q of the 32-wide chunk k4 / 8
+        if (q == 0u) {
+            let c = k4 / 8u;
+            let g = (c * 32u) / GS;
+//@LANES_LOADW
+        }
+//@LANES_LOADX
+        let sh = (q % 2u) * 16u;      // nibbles 4·(q % 2) .. of word q / 2
+//@LANES_MAC
+    }
+//@LANES_STORE
+}
+//#else
 const BK: u32 = 32u;
 override TX: u32 = BN / TN;   // threads along N
 override TY: u32 = BM / TM;   // threads along M
@@ -106,3 +134,4 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 //@STORE
 }
+//#endif

@@ -24,6 +24,11 @@
 //                because y is then declared @coherent (flag COHERENT; a plain storage buffer
 //                can be read stale across workgroups on NVIDIA, KERNELS.md) and each workgroup
 //                stores them before a storageBarrier() that precedes its atomicAdd.
+//   LANES        one invocation per row (TPR = 1, R rows each, K unrolled): the CPU adapters'
+//                kernel (see its main below); scales and offsets come interleaved in sw
+//                instead of sc and off; no NORM_AFTER
+//   W64          (with LANES) w is read as 64-bit words: array<w64_t>, w64_t = vec2<u64> for
+//                q4gsw (one per 32 values), vec4<u64> for int8 weights (one per 32 values)
 //
 // Bindings (group 0):
 //   P    uniform  N, K, eps (NORM_AFTER)
@@ -34,6 +39,9 @@
 //   w    read     array<vec4<u32>>    (N, K/32)      packed weights: 32 values per load
 //   sc   read     array<scale_t>      (N, K/GS)      scales
 //   off  read     array<f32>          (N, K/GS)      offsets, when HAS_OFFSETS
+//   sw   read     array<vec4<f32>>    (N, ⌈G/2⌉) or (N, ⌈G/4⌉), G = K/GS: when LANES, in place of
+//                                     sc and off: per row (s_g, o_g, s_g+1, o_g+1) with offsets,
+//                                     else (s_g .. s_g+3); zero past G (ops.linear.lane_scales)
 //   bias read     array<f32>          (N)            when HAS_BIAS
 //   y    rw       array<act_t>        (N)            output (yq, yd when SILU)
 //   nw   read     array<vec4<f32>>    (N/4)          when NORM_AFTER: the norm's weights,
@@ -64,10 +72,18 @@ struct Params { N: u32, K: u32, eps: f32, _b: u32 }
 //#else
 @group(0) @binding(1) var<storage, read> x: array<vec4<act_t>>;
 //#endif
+//#if W64
+@group(0) @binding(2) var<storage, read> w: array<w64_t>;
+//#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+//#endif
+//#if LANES
+@group(0) @binding(3) var<storage, read> sw: array<vec4<f32>>;
+//#else
 @group(0) @binding(3) var<storage, read> sc: array<scale_t>;
 //#if HAS_OFFSETS
 @group(0) @binding(4) var<storage, read> off: array<f32>;
+//#endif
 //#endif
 //#if SILU
 @group(0) @binding(5) var<storage, read_write> yq: array<vec4<u32>>;
@@ -94,7 +110,9 @@ var<workgroup> last: u32;
 //#endif
 
 override ROWS_PER_WG: u32 = (WG / TPR) * R;
+//#if !LANES
 var<workgroup> red: array<f32, WG * R>;
+//#endif
 
 //#include q4_dot
 
@@ -130,6 +148,29 @@ fn norm_after(lid: u32, total: u32) {
 }
 //#endif
 
+//#if LANES
+// One invocation per row (TPR = 1): invocation lid computes rows base + r·WG (r < R) over the
+// whole of K, unrolled by codegen.gemv_lanes_snippets for this K. For CPU adapters (lavapipe),
+// which run a workgroup as SIMD loops over 8 invocations: there every load whose address
+// differs between invocations is a per-invocation loop, while a load at a constant address (the
+// activations here) is one load; and no partial sums cross invocations, so no reduction.
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let N = P.N;
+    let base = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + lid;   // rows base + r·WG
+//@LANES
+//#if SILU
+    let q = silu_q8(lid);
+    let blk = wid.x + wid.y * nwg.x;
+    if (lid == 0u && blk * 64u < N) {
+        yq[2u * blk] = q.w0;
+        yq[2u * blk + 1u] = q.w1;
+        yd[blk] = q.d;
+    }
+//#endif
+}
+//#else
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
@@ -183,3 +224,4 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 //#endif
 }
+//#endif

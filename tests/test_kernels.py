@@ -281,3 +281,98 @@ def test_norm_after_falls_back_to_a_norm_op(rng):
     assert [op.name for op in ops] == ["q4gsw_gemv:main"] * 2 + ["norm:main"]
     with pytest.raises(ValueError, match="residual"):
         gemv(dev, lin, dev.buffer(size=256 * 4), h, act="f32", norm_after=(h, out, 1e-5))
+
+
+def test_cpu_adapters_take_the_lanes_kernels_and_gpus_keep_theirs():
+    """CPU adapters: the LANES GEMV for rows up to 2048 (16 × 4 rows; lm_head 64 × 2), the
+    cooperative one beyond; the LANES GEMM (one subgroup, rows as M needs, up to 32) where there
+    are subgroups, else the tiled one. GPUs: the shapes from their own sweeps, unchanged."""
+    from types import SimpleNamespace
+
+    from llmgpu.ops import gemm_config, gemv_config, silu_gemv_config
+    cpu = SimpleNamespace(is_cpu=True, has_subgroups=True, subgroup_size=8, max_workgroup_storage=32768)
+    gpu = SimpleNamespace(is_cpu=False)
+    assert gemv_config(cpu, 576, 960) == dict(WG=16, TPR=1, R=4, LANES=True)
+    assert gemv_config(cpu, 576, 49152) == dict(WG=64, TPR=1, R=2, LANES=True)
+    assert gemv_config(cpu, 4096, 4096) == dict(WG=128, TPR=16, R=4)
+    assert silu_gemv_config(cpu, 576) == dict(WG=32, TPR=1, R=2, LANES=True)
+    assert gemv_config(gpu, 576, 960) == dict(WG=256, TPR=32, R=1)
+    assert gemv_config(gpu, 576, 49152) == dict(WG=256, TPR=32, R=1)
+    assert silu_gemv_config(gpu, 576) == dict(WG=256, TPR=16, R=4)
+    assert [gemm_config(cpu, M)["TM"] for M in (1, 8, 9, 17, 37, 128, 256)] == [8, 8, 16, 24, 40, 16, 16]
+    assert gemm_config(cpu, 128) == dict(BM=16, BN=64, TM=16, TN=8, WG=8, LANES=True)
+    assert gemm_config(cpu, 37) == dict(BM=40, BN=32, TM=40, TN=4, WG=8, LANES=True)
+    assert "LANES" not in gemm_config(cpu, 128, route="f16")
+    assert "LANES" not in gemm_config(SimpleNamespace(is_cpu=True, max_workgroup_storage=32768), 128)
+    assert "LANES" not in gemm_config(gpu, 128)
+
+
+def _need_cpu(dev):
+    if not dev.is_cpu:
+        pytest.skip(f"the LANES kernels are the CPU adapters'; {dev.name} is not one")
+
+
+@pytest.mark.parametrize("config", [dict(WG=16, R=4), dict(WG=8, R=3)])
+@pytest.mark.parametrize("w64", [False, True])
+def test_lanes_gemv(dev, rng, config, w64):
+    """The LANES GEMV against NumPy: f32 and int8 activations, q4gsw with and without offsets,
+    group sizes 32-128, int8 weights, a bias, the residual, ragged N, K up to its 2048 limit,
+    with 64-bit weight loads and without."""
+    from llmgpu.ops import gemv, q8_act, quantize_q8
+    from llmgpu.quant import q8_activations, quantize_q8 as quantize_w8
+    _need_cpu(dev)
+    if w64 and not dev.has_int64:
+        pytest.skip(f"{dev.name} lacks shader-int64")
+    cfg = dict(config, TPR=1, LANES=True, W64=w64)
+    for N, K, gs, kind in [(45, 192, 64, "offsets"), (300, 2048, 128, "plain"), (129, 576, 32, "bias"),
+                           (77, 256, 32, "int8")]:
+        if kind == "int8":
+            t, _ = quantize_w8(rng.standard_normal((N, K)).astype(np.float32))
+        else:
+            t = random_q4(N, K, gs, rng, offsets=kind == "offsets")
+        b = rng.standard_normal(N).astype(np.float32) if kind == "bias" else None
+        lin = Q4Linear(dev, t, bias=b)
+        x = rng.standard_normal(K).astype(np.float32)
+        h0 = rng.standard_normal(N).astype(np.float32)
+        W = dequantize(t).astype(np.float64)
+        for q8 in (False, True):
+            xb = dev.buffer(x)
+            xin = xb
+            if q8:
+                xin = q8_act(dev, K)
+                submit(dev, [quantize_q8(dev, xb, xin, act="f32")])
+            y = dev.buffer(h0)
+            ops = gemv(dev, lin, xin, y, residual=True, config=cfg, act="f32")
+            submit(dev, ops)
+            got = dev.read(y, np.float32, (N,))
+            xr = q8_activations(x[None])[0] if q8 else x
+            want = h0 + xr.astype(np.float64) @ W.T + (b if b is not None else 0)
+            err = np.linalg.norm(got - want) / np.linalg.norm(np.abs(xr) @ np.abs(W).T)
+            assert err < 1e-5, f"{kind} N={N} K={K} q8={q8}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("TM,TN", [(8, 4), (32, 4), (16, 8), (24, 1)])
+def test_lanes_gemm(dev, rng, TM, TN):
+    """The LANES GEMM (one subgroup per workgroup) against NumPy: ragged M and N, K with a
+    partial last chunk of groups (gs 128), offsets, a bias and the residual, in two weight
+    slices (the second at an output column offset)."""
+    _need_cpu(dev)  # (written for any subgroup size, but run and measured on lavapipe only)
+    if not dev.has_subgroups:
+        pytest.skip(f"the LANES GEMM needs subgroups, which {dev.name} lacks")
+    S = dev.subgroup_size
+    cfg = dict(BM=TM, BN=S * TN, TM=TM, TN=TN, WG=S, LANES=True)
+    for M, N, K, gs, off in [(37, 300, 384, 128, True), (5, 77, 96, 32, False)]:
+        t = random_q4(N, K, gs, rng, offsets=off)
+        b = rng.standard_normal(N).astype(np.float32)
+        saved = dev.max_binding
+        dev.max_binding = 256 * (K // 2)  # slices of 256 rows
+        try:
+            lin = Q4Linear(dev, t, bias=b)
+        finally:
+            dev.max_binding = saved
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        res = rng.standard_normal((M, N)).astype(np.float32)
+        y, ops = run_linear(dev, lin, x, residual=res, config=cfg, force="gemm")
+        assert len(ops) == len(lin.slices) == 2 - (N < 256) and not np.isnan(y).any()
+        ref = reference(dev, t, x) + b + res.astype(dev.act_dtype)
+        assert rel_err(y, ref, x, t) < TOL[dev.act_dtype]

@@ -58,6 +58,78 @@ def gemv_snippets(R: int, q8: bool = False, w8: bool = False, silu: bool = False
     }
 
 
+def _u32x4(v: str) -> str:
+    """A vec2<u64> expression's four 32-bit halves, low first, as a vec4<u32>."""
+    return f"vec4<u32>(u32({v}.x & 0xFFFFFFFFlu), u32({v}.x >> 32u), u32({v}.y & 0xFFFFFFFFlu), u32({v}.y >> 32u))"
+
+
+def gemv_lanes_snippets(R: int, WG: int, K: int, GS: int, q8: bool = False, w8: bool = False,
+                        silu: bool = False, offsets: bool = False, w64: bool = False) -> dict:
+    """q4gsw_gemv.wgsl with LANES: one invocation per row, R rows (row0 + r·WG) each, the K/32
+    chunks unrolled so that every activation load has a constant address (one load on a CPU
+    adapter, where a per-invocation address costs a loop over the SIMD lanes). Group scales (and
+    offsets) come from sw, one vec4 per 2 (or 4) groups, loaded when a chunk enters a new vec4.
+    Outputs: + bias, + y (RESIDUAL) into y, or with silu the 64 sums into ys. w64: the weights
+    read as 64-bit words (flag W64), split into the same u32 words."""
+    nch, per = K // 32, (2 if offsets else 4)
+    nvec = -(-(K // GS) // per)
+    rows = [f"base + {r * WG}u" for r in range(R)]
+    out = [f"    let row{r} = min({rows[r]}, N - 1u);\n    var acc{r} = 0.0;" for r in range(R)]
+    loaded = -1
+    for c in range(nch):
+        g = c * 32 // GS
+        v, lane = divmod(g, per)
+        if v != loaded:
+            out += [f"    let sw{r}_{v} = sw[row{r} * {nvec}u + {v}u];" for r in range(R)]
+            loaded = v
+        sc = lambda r: f"sw{r}_{v}.{'xyzw'[lane * (4 // per)]}"  # noqa: E731
+        off = lambda r: f"sw{r}_{v}.{'xyzw'[2 * lane + 1]}"  # noqa: E731
+        out.append("    {")
+        if q8:
+            out += [f"        let xa = x[{2 * c}u];", f"        let xb2 = x[{2 * c + 1}u];", f"        let dx = xd[{c}u];"]
+        else:
+            out += [f"        let x{i} = vec4<f32>(x[{8 * c + i}u]);" for i in range(8)]
+            if not w8:
+                out += ["        let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));",
+                        "        let xsum = xs4.x + xs4.y + xs4.z + xs4.w;"]
+        for r in range(R):
+            if w8 and w64:
+                out += [f"        let v{r} = w[row{r} * {nch}u + {c}u];",
+                        f"        let q{r} = {_u32x4(f'v{r}.xy')};", f"        let p{r} = {_u32x4(f'v{r}.zw')};"]
+            elif w8:
+                out += [f"        let q{r} = w[2u * (row{r} * {nch}u + {c}u)];",
+                        f"        let p{r} = w[2u * (row{r} * {nch}u + {c}u) + 1u];"]
+            elif w64:
+                out += [f"        let v{r} = w[row{r} * {nch}u + {c}u];", f"        let q{r} = {_u32x4(f'v{r}')};"]
+            else:
+                out.append(f"        let q{r} = w[row{r} * {nch}u + {c}u];")
+            if w8 and q8:
+                out.append(f"        acc{r} += {sc(r)} * dx.x * f32(idot32w(q{r}, p{r}, xa, xb2));")
+            elif w8:
+                out.append(f"        acc{r} += {sc(r)} * ((fdot8w(q{r}.x, q{r}.y, x0, x1) + fdot8w(q{r}.z, q{r}.w, x2, x3))"
+                           f" + (fdot8w(p{r}.x, p{r}.y, x4, x5) + fdot8w(p{r}.z, p{r}.w, x6, x7)));")
+            elif q8:
+                out.append(f"        acc{r} += {sc(r)} * dx.x * f32(idot32(q{r}, xa, xb2) - i32(dx.y));")
+                if offsets:
+                    out.append(f"        acc{r} += {off(r)} * dx.x * (dx.y / 8.0);")
+            else:
+                out.append(f"        let d{r} = (dot8(q{r}.x, x0, x1) + dot8(q{r}.y, x2, x3)) + "
+                           f"(dot8(q{r}.z, x4, x5) + dot8(q{r}.w, x6, x7));")
+                out.append(f"        acc{r} += {sc(r)} * (16.0 * d{r} - 24.0 * xsum);")
+                if offsets:
+                    out.append(f"        acc{r} += {off(r)} * xsum;")
+        out.append("    }")
+    for r in range(R):
+        if silu:
+            out.append(f"    ys[{r * WG}u + lid] = acc{r};")
+        else:
+            out += [f"    if ({rows[r]} < N) {{", f"        var s = acc{r};",
+                    "//#if HAS_BIAS", f"        s += bias[{rows[r]}];", "//#endif",
+                    f"        if (RESIDUAL) {{ s += f32(y[{rows[r]}]); }}",
+                    f"        y[{rows[r]}] = act_t(s);", "    }"]
+    return {"LANES": "\n".join(out)}
+
+
 def _gemv_out(R: int, silu: bool) -> list[str]:
     """Each row group's lane 0 adds its TPR partial sums: into workgroup memory for the SiLU
     epilogue, else (+ bias, + residual) into y."""
@@ -115,6 +187,39 @@ def gemm_snippets(BM: int, BN: int, TM: int, TN: int, f16: bool = False) -> dict
             store += [f"    put({m}, {n} + {jj}u, c{i}_{j}.{comp});" for jj, comp in enumerate("xyzw")]
     return {"DECL": "\n".join(decl), "MAC": "\n".join(mac), "STORE": "\n".join(store),
             "LOAD0": "\n".join(load("0u")), "LOADN": "\n".join(load("kn")), "STORE_TILE": "\n".join(tile)}
+
+
+def gemm_lanes_snippets(TM: int, TN: int, S: int, offsets: bool = False) -> dict:
+    """q4gsw_gemm.wgsl with LANES: TM×TN named accumulators (a{row}_{column}); the TN weight
+    words, scales and offsets of the current chunk (wq, s16, o24: w = f·16s + (o − 24s), f the
+    nibble as 1 + n/16); per quad of k the activation rows this invocation owns (xr{t}: row
+    lane + S·t), and for each of the 4 k the TN weights and the TM broadcasts."""
+    rows = -(-TM // S)
+    decl = [f"    var a{i}_{j} = 0.0;" for i in range(TM) for j in range(TN)]
+    decl += [f"    var wq{j} = vec4<u32>(0u);\n    var s16_{j} = 0.0;\n    var o24_{j} = 0.0;" for j in range(TN)]
+    loadw = []
+    for j in range(TN):
+        loadw += [f"            let n{j} = min(nb + {j}u, P.N - 1u);",
+                  f"            wq{j} = w[n{j} * (P.K / 32u) + c];",
+                  f"            let s{j} = f32(sc[n{j} * (P.K / GS) + g]);",
+                  f"            s16_{j} = 16.0 * s{j};"]
+        if offsets:
+            loadw.append(f"            o24_{j} = off[n{j} * (P.K / GS) + g] - 24.0 * s{j};")
+        else:
+            loadw.append(f"            o24_{j} = -24.0 * s{j};")
+    loadx = [f"        let xr{t} = vec4<f32>(x[min(m0 + lane + {S * t}u, P.M - 1u) * (P.K / 4u) + k4]);"
+             for t in range(rows)]
+    mac = [f"        let word{j} = select(select(wq{j}.x, wq{j}.y, q >= 2u), select(wq{j}.z, wq{j}.w, q >= 6u), "
+           f"q >= 4u) >> sh;" for j in range(TN)]
+    for kq in range(4):
+        mac += [f"        let w{j}_{kq} = fma(bitcast<f32>(((word{j} >> {4 * kq}u) & 0xFu) << 19u | 0x3F800000u), "
+                f"s16_{j}, o24_{j});" for j in range(TN)]
+        for i in range(TM):
+            mac.append(f"        {{ let a = subgroupBroadcast(xr{i // S}.{'xyzw'[kq]}, {i % S}u); "
+                       + " ".join(f"a{i}_{j} = fma(a, w{j}_{kq}, a{i}_{j});" for j in range(TN)) + " }")
+    store = [f"    put(m0 + {i}u, nb + {j}u, a{i}_{j});" for i in range(TM) for j in range(TN)]
+    return {"LANES_DECL": "\n".join(decl), "LANES_LOADW": "\n".join(loadw), "LANES_LOADX": "\n".join(loadx),
+            "LANES_MAC": "\n".join(mac), "LANES_STORE": "\n".join(store)}
 
 
 def flash_snippets(NJ: int, NL: int) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from ..defaults import GEMM_ROUTES
 from ..gpu import Device
 from ..quant import Q4Tensor, Q8Tensor
-from .codegen import gemm_i8_snippets, gemm_snippets, gemv_snippets
+from .codegen import gemm_i8_snippets, gemm_lanes_snippets, gemm_snippets, gemv_lanes_snippets, gemv_snippets
 from .core import Op, esize, make_op, need, submit
 from .layer import Q8Act, q8_act, quantize_q8
 
@@ -26,6 +26,7 @@ class _Slice:
     scales: object  # (n, K/GS) act_type
     offsets: object  # (n, K/GS) f32, or None
     bias: object  # (n,) f32, or None
+    lanes: object = None  # (n, ⌈G/2⌉ or ⌈G/4⌉, 4) f32: scales (and offsets) for the LANES GEMV, CPU adapters
 
 
 class Q4Linear:
@@ -54,6 +55,14 @@ class Q4Linear:
                               part(t.offsets, n0, n0 + per, "offsets") if t.offsets is not None else None,
                               part(np.asarray(bias, np.float32), n0, n0 + per, "bias") if bias is not None else None)
                        for n0 in range(0, self.N, per)]
+        if lanes_gemv(dev, self.K):  # the CPU adapters' GEMV reads scales and offsets interleaved
+            sw = lane_scales(scales, t.offsets)
+            for s in self.slices:
+                s.lanes = dev.buffer(sw[s.n0:s.n0 + s.n], label=f"{label}.lanes[{s.n0}:{s.n0 + s.n}]")
+
+    def lane_binds(self, s: _Slice) -> dict:
+        """The LANES GEMV's weight bindings: the weight, sw (scales and offsets), the bias."""
+        return {"w": s.qweight, "sw": s.lanes, **({"bias": s.bias} if s.bias is not None else {})}
 
     def weight_binds(self, s: _Slice) -> dict:
         binds = {"w": s.qweight, "sc": s.scales}
@@ -67,13 +76,43 @@ class Q4Linear:
         return dict(GS=self.group_size, HAS_OFFSETS=self.has_offsets, HAS_BIAS=self.has_bias)
 
 
+CPU_COOPERATIVE_GEMV = dict(WG=128, TPR=16, R=4)  # CPU adapters, where the LANES kernel does not serve
+LANES_MAX_CHUNKS = 64  # the LANES GEMV unrolls K: up to K = 2048 (longer rows: the cooperative GEMV)
+
+
+def lanes_gemv(dev: Device, K: int) -> bool:
+    """Whether the GEMV of a weight with rows of K runs the LANES kernel by default (one
+    invocation per row, K unrolled): on CPU adapters, for K up to 32·LANES_MAX_CHUNKS."""
+    return bool(dev.is_cpu) and K % 32 == 0 and K // 32 <= LANES_MAX_CHUNKS
+
+
+def lane_scales(scales: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """sw of the LANES GEMV (q4gsw_gemv.wgsl): per row, (s_g, o_g, s_g+1, o_g+1) for each pair
+    of groups with offsets, else (s_g .. s_g+3), zero-padded: (N, ⌈G/2⌉·4) or (N, ⌈G/4⌉·4) f32.
+    One vec4 load serves 2 (4) groups."""
+    s = np.asarray(scales, np.float32)
+    N, G = s.shape
+    if offsets is None:
+        out = np.zeros((N, -(-G // 4) * 4), np.float32)
+        out[:, :G] = s
+        return out
+    out = np.zeros((N, -(-G // 2) * 2, 2), np.float32)
+    out[:, :G, 0], out[:, :G, 1] = s, offsets
+    return out.reshape(N, -1)
+
+
 def gemv_config(dev: Device, K: int, N: int = 0) -> dict:
     """Workgroup shape of the GEMV for an (N, K) weight, from `llmgpu bench kernels --sweep`
     (BENCHMARKS.md): on a GPU, one row per row group with 32 threads for short rows and 64 for
-    rows of 4096 and more; very tall weights (lm_head) 2 rows. On a CPU adapter (lavapipe),
-    16 threads and 4 rows (its subgroups are 8 wide)."""
+    rows of 4096 and more; very tall weights (lm_head) 2 rows. On a CPU adapter (lavapipe), the
+    LANES kernel (`lanes_gemv`): 16 invocations of 4 rows, so that SmolLM2-135M's 576-960-row
+    weights make 9-15 workgroups to share among the CPU threads (down: 251 against 276 µs for
+    64 × 2, q/k/v and o equal); the lm_head 64 × 2 (bench/cpu_gemv_sweep.py, BENCHMARKS.md).
+    Else 16 threads and 4 rows (its subgroups are 8 wide)."""
+    if lanes_gemv(dev, K):
+        return dict(WG=64, TPR=1, R=2, LANES=True) if N >= 16384 else dict(WG=16, TPR=1, R=4, LANES=True)
     if dev.is_cpu:
-        return dict(WG=128, TPR=16, R=4)
+        return dict(CPU_COOPERATIVE_GEMV)
     if N >= 65536:
         return dict(WG=128, TPR=32, R=2)
     if K >= 4096:
@@ -84,6 +123,8 @@ def gemv_config(dev: Device, K: int, N: int = 0) -> dict:
 def silu_gemv_config(dev: Device, K: int = 0) -> dict:
     """A GEMV shape with 64 rows per workgroup, as the fused gate/up + SiLU epilogue needs; by K,
     from the H100 sweep in BENCHMARKS.md (28672×4096: 21.9 µs, 97 % of the read bandwidth)."""
+    if lanes_gemv(dev, K):
+        return dict(WG=32, TPR=1, R=2, LANES=True)
     if dev.is_cpu:
         return dict(WG=128, TPR=16, R=8)
     if K >= 4096:
@@ -144,6 +185,8 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> di
     takes the same tiles; the int8 route: `_i8_gemm_config`. CPU adapters: `_cpu_gemm_config`."""
     if route == "i8":
         return _i8_gemm_config(dev, M, N)
+    if dev.is_cpu and route == "f32" and getattr(dev, "has_subgroups", False) and dev.subgroup_size >= 4:
+        return _cpu_lanes_gemm_config(dev, M)
     if dev.is_cpu:
         return _cpu_gemm_config(dev, M)
     if M >= 256 and -(-M // 128) * -(-N // 128) >= 128:
@@ -153,6 +196,23 @@ def gemm_config(dev: Device, M: int, N: int = 1 << 30, route: str = "f32") -> di
     else:
         cfg = dict(BM=64, BN=64, TM=4, TN=4)
     return {**cfg, "WG": (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])}
+
+
+def _cpu_lanes_gemm_config(dev: Device, M: int) -> dict:
+    """The f32 GEMM on a CPU adapter with subgroups: the LANES kernel (q4gsw_gemm.wgsl), one
+    subgroup per workgroup, each invocation TN output columns and all of the tile's TM rows.
+    TM: of 16-40 rows (8 for M <= 8), the one that pads M least (rows past M are computed for
+    nothing), the smaller on a tie; 16 rows take 8 columns, more rows 4. SmolLM2-135M on lavapipe
+    (BENCHMARKS.md): gate/up (3072×576) at M = 128 in 24 ms for 16 × 8 and 32 × 4 (34 for 8 × 8),
+    at M = 37 in 6.9 ms for 40 × 4 (11.9 for 32 × 4); the tiled kernel's best tile took 64–70
+    ms at M = 128."""
+    S = dev.subgroup_size
+    if M <= 8 or S > 8:
+        TM = S * -(-min(M, 32) // S)
+    else:
+        TM = min((t for t in (16, 24, 32, 40) if t % S == 0), key=lambda t: (t * -(-M // t), t))
+    TN = 8 if TM <= 16 else 4
+    return dict(BM=TM, BN=S * TN, TM=TM, TN=TN, WG=S, LANES=True)
 
 
 def _cpu_gemm_config(dev: Device, M: int) -> dict:
@@ -211,11 +271,18 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
     norm_after: (w, out, eps) — then RMSNorm(y) · w → out (a Q8Act of N values) after the GEMV:
     in its last workgroup where `can_norm_after` (residual GEMVs only), else as a norm op."""
     act = act or dev.act_type
+    cfg = dict(config or (silu_gemv_config(dev, lin.K) if silu else gemv_config(dev, lin.K, lin.N)))
+    lanes = bool(cfg.get("LANES"))
+    if lanes and config is None and norm_after is not None:  # the fused norm: the cooperative kernel's
+        cfg, lanes = dict(CPU_COOPERATIVE_GEMV), False
+    if lanes and (lin.K % 32 or lin.slices[0].lanes is None or cfg.get("TPR", 1) != 1):
+        raise ValueError(f"the LANES GEMV needs TPR 1 and lane scales (a CPU adapter, K <= "
+                         f"{32 * LANES_MAX_CHUNKS}): {cfg}, K = {lin.K}")
     if norm_after is not None:
         w, out, eps = norm_after
         if not residual or silu or not isinstance(out, Q8Act):
             raise ValueError("norm_after needs a residual GEMV and an int8 (Q8Act) output")
-        if not can_norm_after(dev, lin, act):
+        if not can_norm_after(dev, lin, act) or lanes:
             from .layer import rmsnorm
             return [*gemv(dev, lin, x, y, residual=True, config=config, act=act),
                     rmsnorm(dev, y, w, out, rows=1, dim=lin.N, eps=eps)]
@@ -224,16 +291,24 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
     q8 = isinstance(x, Q8Act)
     if silu and (len(lin.slices) != 1 or lin.N % 64 or not isinstance(y, Q8Act)):
         raise ValueError("the fused SiLU epilogue needs one weight slice, N % 64 == 0 and an int8 output")
-    cfg = dict(config or (silu_gemv_config(dev, lin.K) if silu else gemv_config(dev, lin.K, lin.N)))
+    cfg.setdefault("TPR", 1)
     rows_per_wg = cfg["WG"] // cfg["TPR"] * cfg["R"]
     if silu and rows_per_wg != 64:
         raise ValueError(f"the fused SiLU epilogue needs 64 rows per workgroup, not {cfg}")
     fused = norm_after is not None
+    w64 = lanes and cfg.pop("W64", getattr(dev, "has_int64", False))  # 64-bit weight loads (CPU adapters)
+    types = {"act_t": act, "scale_t": dev.act_type}
+    if lanes:
+        snippets = gemv_lanes_snippets(cfg["R"], cfg["WG"], lin.K, lin.group_size, q8, lin.w8, silu,
+                                       lin.has_offsets, w64)
+        if w64:
+            types["w64_t"] = "vec4<u64>" if lin.w8 else "vec2<u64>"
+    else:
+        snippets = gemv_snippets(cfg["R"], q8, lin.w8, silu, lin.has_offsets)
     pipe = dev.pipeline("q4gsw_gemv", consts={**cfg, **lin.flags(), "RESIDUAL": residual, "SILU": silu,
                                               "Q8": q8, "SUBGROUPS": dev.has_subgroups, "NORM_AFTER": fused,
-                                              "COHERENT": fused},
-                        types={"act_t": act, "scale_t": dev.act_type},
-                        snippets=gemv_snippets(cfg["R"], q8, lin.w8, silu, lin.has_offsets))
+                                              "COHERENT": fused, "LANES": lanes, "W64": w64},
+                        types=types, snippets=snippets)
     xb = {"x": x.xq, "xd": x.xd} if q8 else {"x": x}
     need(pipe.name, "x", xb["x"], lin.K if q8 else lin.K * esize(act))
     ops = []
@@ -250,7 +325,8 @@ def gemv(dev: Device, lin: Q4Linear, x, y, *, residual: bool = False, silu: bool
             need(pipe.name, "norm out", norm_after[1].xq, lin.N)
             need(pipe.name, "norm weights", norm_after[0], lin.N * 4)
             nb = {"nw": norm_after[0], "nq": norm_after[1].xq, "nd": norm_after[1].xd, "done": _norm_counter(dev)}
-        ops.append(make_op(dev, pipe, {**xb, **lin.weight_binds(s), **yb, **nb}, dev.grid(-(-s.n // rows_per_wg)),
+        wb = lin.lane_binds(s) if lanes else lin.weight_binds(s)
+        ops.append(make_op(dev, pipe, {**xb, **wb, **yb, **nb}, dev.grid(-(-s.n // rows_per_wg)),
                            [s.n, lin.K, float(norm_after[2]) if fused else 0.0]))
     return ops
 
@@ -274,6 +350,11 @@ def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
         raise ValueError(f"GEMM tile {cfg} needs {gemm_workgroup_bytes(cfg, route)} bytes of workgroup memory; "
                          f"{dev.name} has {dev.max_workgroup_storage}")
     consts = {**cfg, **lin.flags(), "RESIDUAL": residual}
+    lanes = bool(cfg.get("LANES"))
+    if lanes and (route != "f32" or not dev.has_subgroups or cfg["WG"] != dev.subgroup_size or cfg["BM"] != cfg["TM"]
+                  or cfg["BN"] != cfg["WG"] * cfg["TN"]):
+        raise ValueError(f"the LANES GEMM takes the f32 route, one subgroup per workgroup (WG = "
+                         f"{dev.subgroup_size if dev.has_subgroups else 'no subgroups'}), BM = TM, BN = WG·TN: {cfg}")
     if q8:
         consts.setdefault("KB", 2)
         consts.setdefault("EXPAND", False)
@@ -284,9 +365,12 @@ def gemm(dev: Device, lin: Q4Linear, x, y, *, rows: int, residual: bool = False,
         need(pipe.name, "x scales", x.xd, rows * (lin.K // 32) * 8)
         xb = {"xq": x.xq, "xd": x.xd}
     else:
+        consts["LANES"] = lanes
+        snippets = (gemm_lanes_snippets(cfg["TM"], cfg["TN"], cfg["WG"], lin.has_offsets) if lanes else
+                    gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"], f16=route == "f16"))
         pipe = dev.pipeline("q4gsw_gemm", consts=consts,
                             types={"act_t": act, "scale_t": dev.act_type, "mul_t": "f16" if route == "f16" else "f32"},
-                            snippets=gemm_snippets(cfg["BM"], cfg["BN"], cfg["TM"], cfg["TN"], f16=route == "f16"))
+                            snippets=snippets)
         need(pipe.name, "x", x, rows * lin.K * esize(act))
         xb = {"x": x}
     need(pipe.name, "y", y, rows * lin.N * esize(act))
