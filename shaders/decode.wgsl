@@ -58,7 +58,7 @@ override TPR: u32 = 32u;          // threads per weight row (a power of two, div
 // per lane pass where K is long, more where rows are many), with the rows a workgroup pass covers
 override TPR_qkv: u32 = TPR;
 override TPR_o: u32 = TPR;
-override TPR_gu: u32 = TPR;       // ≥ WG / 64: a pass covers at most the 64 rows of one gate/up block
+override TPR_gu: u32 = TPR;       // a pass covers at most one gate/up block of 64 rows: below WG / 64 lanes idle
 override TPR_dn: u32 = TPR;
 override TPR_hd: u32 = TPR;
 override RPW_qkv: u32 = WG / TPR_qkv;
