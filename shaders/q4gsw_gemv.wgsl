@@ -90,6 +90,17 @@ struct Params { N: u32, K: u32, eps: f32, _b: u32 }
 @group(0) @binding(8) var<storage, read_write> yd: array<vec2<f32>>;
 //#include q8_common
 //#include silu_q8
+
+// Workgroup blk's 64 row sums (32 gate, 32 up) in ys → silu(gate)·up as int8 block blk of yq, yd.
+// From uniform control flow (silu_q8 has barriers).
+fn store_silu(lid: u32, blk: u32, N: u32) {
+    let q = silu_q8(lid);
+    if (lid == 0u && blk * 64u < N) {
+        yq[2u * blk] = q.w0;
+        yq[2u * blk + 1u] = q.w1;
+        yd[blk] = q.d;
+    }
+}
 //#else
 //#if COHERENT
 @group(0) @binding(5) @coherent var<storage, read_write> y: array<act_t>;
@@ -161,13 +172,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + lid;   // rows base + r·WG
 //@LANES
 //#if SILU
-    let q = silu_q8(lid);
-    let blk = wid.x + wid.y * nwg.x;
-    if (lid == 0u && blk * 64u < N) {
-        yq[2u * blk] = q.w0;
-        yq[2u * blk + 1u] = q.w1;
-        yd[blk] = q.d;
-    }
+    store_silu(lid, wid.x + wid.y * nwg.x, N);
 //#endif
 }
 //#else
@@ -215,13 +220,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     norm_after(lid, nwg.x * nwg.y * nwg.z);
 //#endif
 //#if SILU
-    let q = silu_q8(lid);
-    let blk = wid.x + wid.y * nwg.x;
-    if (lid == 0u && blk * 64u < N) {
-        yq[2u * blk] = q.w0;
-        yq[2u * blk + 1u] = q.w1;
-        yd[blk] = q.d;
-    }
+    store_silu(lid, wid.x + wid.y * nwg.x, N);
 //#endif
 }
 //#endif

@@ -166,26 +166,6 @@ def test_cache_keys_calibration_by_its_text(tmp_path, rng, monkeypatch):
         loader.load_cached_or_quantize(entry, asymmetric=True)
 
 
-def padded_hf_dir(path, rng):
-    """tiny_hf_dir with the embedding padded to 384 rows (a multiple of 8): with its tokenizer's 378,
-    the logits of row r start at byte 1512·r, which storage-buffer offsets (32-byte aligned on lavapipe)
-    cannot address, so `perplexity` on it fails at the first window (a limit of Model.logits, not
-    of what is tested here)."""
-    from safetensors.numpy import save_file
-
-    from llmgpu.config import ModelConfig
-    from llmgpu.loader import expected_shapes
-    tok = make_tokenizer()
-    cfg = ModelConfig(model_type="llama", vocab_size=384, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, eos_token_id=2,
-                      tie_word_embeddings=True)
-    path.mkdir()
-    save_file({n: rng.standard_normal(s).astype(np.float32) for n, s in expected_shapes(cfg).items()},
-              str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(cfg.to_hf()))
-    tok.save(str(path / "tokenizer.json"))
-
-
 WORDS = ["Hello", " world", " the", " quick", " fox", "!", " café", "\n"]
 
 
@@ -195,7 +175,7 @@ def test_perplexity_ends_on_a_signal_within_a_window(tmp_path, rng, sig):
     windows): it ends within seconds, status 128 + signal, one line that says so, no result on stdout,
     no temp dir left in the cache. Catches: the signal's default action (killed, status -15, nothing
     said), a handler whose exception is lost (the run goes on to print a result), a slow exit."""
-    padded_hf_dir(tmp_path / "src", rng)
+    tiny_hf_dir(tmp_path / "src", rng)
     (tmp_path / "t.txt").write_text("".join(rng.choice(WORDS, 60000)), encoding="utf-8")
     p = subprocess.Popen([sys.executable, "-m", "llmgpu", "perplexity", "--model", str(tmp_path / "src"),
                           "--ctx", "16", str(tmp_path / "t.txt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
