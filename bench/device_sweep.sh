@@ -13,8 +13,8 @@ for job in "$@"; do
     continue
   fi
   if [ "$job" = tests ]; then
-    timeout 300 python3 -m pytest -q tests/test_loop.py tests/test_gpu_sample.py tests/test_decode.py tests/test_kernels.py \
-      "tests/test_ops.py" -p no:cacheprovider 2>&1 | grep -E "^E  |passed|failed|^FAILED|Error" | head -40 >> "$log"
+    timeout 500 python3 -m pytest -q tests/test_loop.py tests/test_gpu_sample.py tests/test_decode.py tests/test_kernels.py \
+      tests/test_ops.py tests/test_gemm.py tests/test_model.py tests/test_decode_phases.py -p no:cacheprovider 2>&1 | grep -E "^E  |passed|failed|^FAILED|Error" | head -40 >> "$log"
     continue
   fi
   if [[ "$job" == pp:* ]]; then   # pp:SHAPE:P — prefill of P tokens
