@@ -208,7 +208,8 @@ def test_attention_prefill(dev, rng):
 
 def check_attention_decode(dev, rng):
     for nh, nkv, hd, qk in ATTN_SHAPES:
-        for pos in (0, int(rng.integers(1, 300))):
+        # pos 1: the one cached position lies in weighted_values' tail loop whatever its unrolling
+        for pos in (0, 1, int(rng.integers(2, 300))):
             max_seq = 320
             cfg = heads_config(nh, nkv, hd, max_seq, qk)
             shape = ops.Heads(nh, nkv, hd, max_seq)
