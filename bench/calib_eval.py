@@ -34,19 +34,18 @@ def forward_logits(T: dict, cfg, ids: list[int], head: np.ndarray) -> np.ndarray
 
 
 def score(T, cfg, ids, head, ctx=512, stride=511):
-    """(nll sum, scored, argmax per scored token) with perplexity's windows (cli.score_windows)."""
-    nll, top, start, done = 0.0, [], 0, 1
+    """(nll per scored token, argmax per scored token) with perplexity's windows (cli.score_windows)."""
+    nll, top, start, done = [], [], 0, 1
     while done < len(ids):
         end = min(start + ctx, len(ids))
         w = ids[start:end]
         x = forward_logits(T, cfg, w, head).astype(np.float64)[done - 1 - start:len(w) - 1]
         tgt = np.asarray(w[done - start:])
         m = x.max(1, keepdims=True)
-        nll += float((m[:, 0] + np.log(np.exp(x - m).sum(1)) - x[np.arange(len(tgt)), tgt]).sum())
+        nll.append(m[:, 0] + np.log(np.exp(x - m).sum(1)) - x[np.arange(len(tgt)), tgt])
         top.append(x.argmax(1))
         done, start = end, start + stride
-    top = np.concatenate(top)
-    return nll, len(top), top
+    return np.concatenate(nll), np.concatenate(top)
 
 
 def floats(T: dict) -> dict:
@@ -79,8 +78,8 @@ def main(argv=None):
     fl = dataclasses.replace(ck, tensors=_requantizable(ck))
     emb = np.asarray(fl.tensors["model.embed_tokens.weight"], np.float32)
     head = dequantize(quantize_q8(fl.tensors.get("lm_head.weight", emb))[0])
-    nll, n, topF = score(floats(fl.tensors), ck.config, ids, head)
-    pF = math.exp(nll / n)
+    nllF, topF = score(floats(fl.tensors), ck.config, ids, head)
+    n, pF = len(nllF), math.exp(nllF.mean())
     if "F" in a.recipes.split(","):
         print(f"F: perplexity {pF:.3f} over {n} tokens", flush=True)
     for gs in a.group_size:
@@ -92,12 +91,15 @@ def main(argv=None):
                                     calibrate=(a.calibrate or True) if r == "calibrated" else None, note=lambda m: None)
             dt = time.time() - t0
             T = floats(q.tensors)
-            nll, n, top = score(T, ck.config, ids, head)
-            pp = math.exp(nll / n)
+            nll, top = score(T, ck.config, ids, head)
+            pp = math.exp(nll.mean())
+            # the standard error of the mean per-token log-likelihood difference against F (paired):
+            # how much of "vs F" the choice of scored text alone could move (tokens taken as independent)
+            se = float(np.std(nll - nllF, ddof=1) / math.sqrt(len(nll)))
             extra = ""
             if "calibration" in q.quantization:
                 extra = f"  calib output error {q.quantization['calibration']['output_error_mean']:.4f}"
-            print(f"g{gs} {r}: perplexity {pp:.3f} ({pp / pF - 1:+.1%} vs F), top-1 {np.mean(top == topF):.1%}, "
+            print(f"g{gs} {r}: perplexity {pp:.3f} ({pp / pF - 1:+.1%} ± {pp / pF * se:.1%} vs F), top-1 {np.mean(top == topF):.1%}, "
                   f"quantized in {dt:.0f} s{extra}", flush=True)
 
 

@@ -11,18 +11,27 @@ layer is fitted to what it will really see, errors of the earlier layers include
   model unchanged (RMSNorm multiplies by its weight last) while salient channels get finer steps.
 * down_proj (input: silu(gate) * up): the same, with ``1/s`` folded into up_proj's rows (the product
   is linear in up).
-* o_proj (input: the attention output): no fold (under grouped-query attention the v rows that feed
-  it are shared by several heads), only the weighted search.
+* o_proj (input: the attention output): no fold, only the weighted search. (Under grouped-query
+  attention a v row feeds several heads' channels; folding one scale per kv-head channel into
+  v_proj's rows was measured and changed nothing on held-out text.)
 
 Each (scaled) weight is then quantized with importance E[(x_k / s_k)^2], the diagonal of the output
 error (:func:`llmgpu.quant.quantize`; that search may also clip a group's largest weight for finer
 steps, ``quant.CLIP_CANDIDATES``, where the inputs it multiplies matter less). alpha is chosen per layer and fused group from ``_ALPHAS`` by
 the measured output error on up to ``_LOSS_ROWS`` calibration rows, with the plain (uncalibrated)
 search as one more candidate, so on those rows a layer is never worse than without calibration.
-(GPTQ rounding with the full X^T X was tried too: it halved the output error on the ~1,700
-calibration tokens but raised perplexity on other text, an overfit; so did a search on each group's
-E[x x^T] block instead of its diagonal. Neither an alpha grid of 10 steps with AWQ's duo scaling nor
-twice the calibration text helped on held-out text either; BENCHMARKS.md.)
+
+Last, at group size 32 (``GPTQ_MAX_GROUP``), the weights are rounded by GPTQ with the chosen
+channel scales (:func:`gptq`): column by column, each column's rounding error is moved onto the
+columns not yet rounded, as far as the inputs' correlations E[x x^T] let them make up for it. The
+damping added to E[x x^T] is ``GPTQ_DAMP`` = 1 times its mean diagonal, a hundred times GPTQ's
+usual 0.01: with ~2,000 calibration tokens, 0.01 halves the output error on the calibration text
+but raises perplexity on other text (an overfit). 1 did best of 0.1, 0.3 and 1 on held-out
+GPL-3 text (0.01, 0.1, 3 and 10 did worse than 0.3 and 1 on the Apache-2.0 text; BENCHMARKS.md). At group size 64 GPTQ raised held-out perplexity instead, so
+it is not used there (also not when kept only where it lowered the error on held-back calibration
+rows).
+(A search on each group's E[x x^T] block instead of its diagonal overfit too. Neither an alpha
+grid of 10 steps with AWQ's duo scaling nor twice the calibration text helped on held-out text.)
 
 The default calibration text (``llmgpu/calibration/default.txt``) was written for llmgpu (varied
 prose, dialogue, instructions, code and numbers) and is under the project's licence, Apache-2.0.
@@ -45,6 +54,8 @@ SEQUENTIAL = True  # each layer calibrated on the inputs the already quantized l
 _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statistics use all rows)
 DEFAULT_TOKENS = 2048  # calibration tokens at most
 CHUNK = 512  # tokens per independent sequence in the calibration forward pass
+GPTQ_DAMP = 1.0  # GPTQ rounding after the AWQ scales, H + GPTQ_DAMP * mean(diag H) * I; None: off
+GPTQ_MAX_GROUP = 32  # GPTQ only for group sizes up to this (at 64 it raised held-out perplexity)
 
 
 def read_text(path: str | None) -> tuple[str, str, str]:
@@ -155,6 +166,77 @@ def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], as
     return best
 
 
+def gptq_round(x: np.ndarray, ws: list[np.ndarray], s: np.ndarray, group_size: int, asymmetric: bool) -> list:
+    """GPTQ rounding of the fused weights ``ws`` (sharing input ``x``, so K and group size) scaled by
+    the chosen channel scales ``s``: one run over the stacked rows (GPTQ treats rows independently)."""
+    xsc = x / s
+    H = (xsc.T.astype(np.float64) @ xsc) / len(x)
+    q = gptq(np.concatenate([w * s for w in ws]), H, group_size, asymmetric, GPTQ_DAMP)
+    cut = np.cumsum([0] + [w.shape[0] for w in ws])
+    return [(_row_slice(q, a, b), _weight_error(_row_slice(q, a, b), w * s)) for a, b, w in zip(cut, cut[1:], ws)]
+
+
+def _row_slice(t: quant.Q4Tensor, a: int, b: int) -> quant.Q4Tensor:
+    return quant.Q4Tensor(t.qweight[a:b].copy(), t.scales[a:b].copy(), t.group_size,
+                          None if t.offsets is None else t.offsets[a:b].copy())
+
+
+def _weight_error(t: quant.Q4Tensor, w: np.ndarray) -> float:
+    w = w.astype(np.float64)
+    return float(np.sqrt(((dequantize(t) - w) ** 2).sum()) / (np.sqrt((w * w).sum()) or 1.0))
+
+
+def gptq(w: np.ndarray, H: np.ndarray, group_size: int, asymmetric: bool, damp: float,
+         block: int = 128) -> quant.Q4Tensor:
+    """GPTQ rounding of ``w`` (N, K) for inputs with second moment ``H`` (K, K): columns are
+    quantized in order and each one's rounding error is spread over the columns not yet quantized,
+    through the upper Cholesky factor of H^-1 (lazy batches of ``block`` columns). A group's scale
+    (and offset) is searched when its first column is reached, on the group's updated weights, with
+    diag(H) as importance."""
+    W = np.asarray(w, np.float64).copy()
+    N, K = W.shape
+    H = np.asarray(H, np.float64).copy()
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    imp = np.diag(H).copy()
+    H[np.diag_indices(K)] += damp * float(np.mean(imp))
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper: H^-1 = U^T U
+    G = K // group_size
+    S = np.zeros((N, G), np.float16)
+    O = np.zeros((N, G), np.float32) if asymmetric else None
+    Qn = np.zeros((N, K), np.int32)
+
+    def search(wg, ig):  # (N, 1, group) weights, (1, group) importance -> scales, offsets
+        wg, ig = wg.astype(np.float32), (ig / (imp.mean() or 1.0) + 1e-6).astype(np.float32)[None]
+        if asymmetric:
+            s16, o, _ = quant._search_asymmetric(wg, ig)
+            return s16, o
+        return quant._search_symmetric(wg, ig)[0], None
+
+    for i1 in range(0, K, block):
+        i2 = min(i1 + block, K)
+        W1, E = W[:, i1:i2].copy(), np.zeros((N, i2 - i1))
+        for j in range(i2 - i1):
+            c = i1 + j
+            g = c // group_size
+            if c % group_size == 0:
+                s16, o = search(W1[:, None, j:j + group_size], imp[None, c:c + group_size])
+                S[:, g] = s16[:, 0]
+                if asymmetric:
+                    O[:, g] = o[:, 0]
+            s = S[:, g].astype(np.float64)
+            o = O[:, g].astype(np.float64) if asymmetric else 0.0
+            safe = np.where(s == 0, 1.0, s)
+            q = np.where(s == 0, 0.0, np.clip(np.rint((W1[:, j] - o) / safe), -8, 7))
+            Qn[:, c] = q.astype(np.int32)
+            e = (W1[:, j] - (q * s + o)) / U[c, c]
+            W1[:, j + 1:] -= np.outer(e, U[c, c + 1:i2])
+            E[:, j] = e
+        W[:, i2:] -= E @ U[i1:i2, i2:]
+    return quant.Q4Tensor(quant.pack_nibbles(Qn + 8), S, group_size, O)
+
+
 def _channel_scales(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
     s = mean_abs.astype(np.float64) ** alpha
     s = s / math.sqrt(s.max() * s.min())  # centred around 1 in log scale, as AWQ does
@@ -177,13 +259,19 @@ def quantize_layer(T: dict, i: int, xs: dict, group_size_of, asymmetric: bool, e
                                   ("qkv", _QKV, xs["qkv"], "input_layernorm.weight"),
                                   ("gate_up", _GATE_UP, xs["gate_up"], "post_attention_layernorm.weight")):
         ws = [np.asarray(T[p + n], np.float32) for n in names]
-        qs, s, alpha, err = awq_quantize(x, ws, [group_size_of(w.shape[1]) for w in ws], asymmetric, fold is not None)
+        gs = [group_size_of(w.shape[1]) for w in ws]
+        qs, s, alpha, err = awq_quantize(x, ws, gs, asymmetric, fold is not None)
+        used = GPTQ_DAMP is not None and gs[0] <= GPTQ_MAX_GROUP
+        if used:
+            qs = gptq_round(x, ws, s, gs[0], asymmetric)
+            loss_rows = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
+            err = output_error(loss_rows, ws, [dequantize(t) / s for t, _ in qs])
         for n, (q, e) in zip(names, qs):
             T[p + n], errors[p + n] = q, e
         if fold is not None:  # down before gate_up: up's rows take 1/s before up is quantized
             f = np.asarray(T[p + fold], np.float32)
             T[p + fold] = f / s[:, None] if f.ndim == 2 else f / s
-        info[group] = {"alpha": alpha, "output_error": round(err, 6)}
+        info[group] = {"alpha": alpha, "gptq": used, "output_error": round(err, 6)}
     return info
 
 

@@ -164,6 +164,13 @@ def test_cache_keys_calibration_by_its_text(tmp_path, rng, monkeypatch):
     assert loader.load_cached_or_quantize(entry, calibrate=str(cal)).quantization["method"] == "calibrated"
     with pytest.raises(ValueError, match="not made asymmetric"):
         loader.load_cached_or_quantize(entry, asymmetric=True)
+    # another calibration algorithm (here: GPTQ rounding off) is another entry, not a stale reuse
+    from llmgpu import calibrate
+    assert a.quantization["calibration"]["gptq_damp"] == calibrate.GPTQ_DAMP is not None
+    monkeypatch.setattr(calibrate, "GPTQ_DAMP", None)
+    c = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
+    assert c.quantization["calibration"]["gptq_damp"] is None
+    assert len(list((tmp_path / "cache").iterdir())) == 3
 
 
 WORDS = ["Hello", " world", " the", " quick", " fox", "!", " café", "\n"]
