@@ -27,9 +27,9 @@ columns not yet rounded, as far as the inputs' correlations E[x x^T] let them ma
 damping added to E[x x^T] is ``GPTQ_DAMP`` = 1 times its mean diagonal, a hundred times GPTQ's
 usual 0.01: with ~2,000 calibration tokens, 0.01 halves the output error on the calibration text
 but raises perplexity on other text (an overfit). 1 did best of 0.1, 0.3 and 1 on held-out
-GPL-3 text (0.01, 0.1, 3 and 10 did worse than 0.3 and 1 on the Apache-2.0 text; BENCHMARKS.md). At group size 64 GPTQ raised held-out perplexity instead, so
-it is not used there (also not when kept only where it lowered the error on held-back calibration
-rows).
+GPL-3 text (0.01, 0.1, 3 and 10 did worse than 0.3 and 1 on the Apache-2.0 text; BENCHMARKS.md). At group size 64 GPTQ did not help (level at 1 within the noise,
+worse at 0.3, also when kept only where it lowered the error on held-back calibration rows), so it
+is not used there.
 (A search on each group's E[x x^T] block instead of its diagonal overfit too. Neither an alpha
 grid of 10 steps with AWQ's duo scaling nor twice the calibration text helped on held-out text.)
 
@@ -55,7 +55,7 @@ _LOSS_ROWS = 256  # calibration rows the alpha choice is measured on (the statis
 DEFAULT_TOKENS = 2048  # calibration tokens at most
 CHUNK = 512  # tokens per independent sequence in the calibration forward pass
 GPTQ_DAMP = 1.0  # GPTQ rounding after the AWQ scales, H + GPTQ_DAMP * mean(diag H) * I; None: off
-GPTQ_MAX_GROUP = 32  # GPTQ only for group sizes up to this (at 64 it raised held-out perplexity)
+GPTQ_MAX_GROUP = 32  # GPTQ only for group sizes up to this (at 64 it did not lower held-out perplexity)
 
 
 def read_text(path: str | None) -> tuple[str, str, str]:
