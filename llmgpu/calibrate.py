@@ -26,10 +26,10 @@ channel scales (:func:`gptq`): column by column, each column's rounding error is
 columns not yet rounded, as far as the inputs' correlations E[x x^T] let them make up for it. The
 damping added to E[x x^T] is ``GPTQ_DAMP`` = 1 times its mean diagonal, a hundred times GPTQ's
 usual 0.01: with ~2,000 calibration tokens, 0.01 halves the output error on the calibration text
-but raises perplexity on other text (an overfit). 1 did best of 0.1, 0.3 and 1 on held-out
-GPL-3 text (0.01, 0.1, 3 and 10 did worse than 0.3 and 1 on the Apache-2.0 text; BENCHMARKS.md). At group size 64 GPTQ did not help (level at 1 within the noise,
-worse at 0.3, also when kept only where it lowered the error on held-back calibration rows), so it
-is not used there.
+but raises perplexity on other text (an overfit). 1 did best of 0.1, 0.3 and 1 on held-out GPL-3
+text (the values tried on the Apache-2.0 text are in BENCHMARKS.md). At group size 64 GPTQ did not
+help (level at 1 within the noise, worse at 0.3, also when kept only where it lowered the error on
+held-back calibration rows), so it is not used there.
 (A search on each group's E[x x^T] block instead of its diagonal overfit too. Neither an alpha
 grid of 10 steps with AWQ's duo scaling nor twice the calibration text helped on held-out text.)
 
@@ -173,7 +173,8 @@ def gptq_round(x: np.ndarray, ws: list[np.ndarray], s: np.ndarray, group_size: i
     H = (xsc.T.astype(np.float64) @ xsc) / len(x)
     q = gptq(np.concatenate([w * s for w in ws]), H, group_size, asymmetric, GPTQ_DAMP)
     cut = np.cumsum([0] + [w.shape[0] for w in ws])
-    return [(_row_slice(q, a, b), _weight_error(_row_slice(q, a, b), w * s)) for a, b, w in zip(cut, cut[1:], ws)]
+    parts = [_row_slice(q, a, b) for a, b in zip(cut, cut[1:])]
+    return [(t, _weight_error(t, w * s)) for t, w in zip(parts, ws)]
 
 
 def _row_slice(t: quant.Q4Tensor, a: int, b: int) -> quant.Q4Tensor:
