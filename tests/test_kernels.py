@@ -238,8 +238,8 @@ def test_fused_norm_after_residual_gemv(rng, config):
     with many workgroups (N = 2080 rows: 33+ of them, a ragged last one), twice in a row (the
     finished-counter must be reset by the last workgroup, or the second dispatch never normalises)."""
     from llmgpu.ops import gemv, q8_act
-    from llmgpu.quant import q8_activations
     from tests.reference import rmsnorm
+    from tests.test_ops import close_q8
     dev = get_device()
     assert dev.has_coherent
     N, K = 2080, 256
@@ -258,9 +258,9 @@ def test_fused_norm_after_residual_gemv(rng, config):
         got_h = dev.read(h, np.float32, (N,))
         assert np.abs(got_h - want_h).max() < 1e-3 * np.abs(want_h).max()
         normed = rmsnorm(got_h[None], w, 1e-5).astype(np.float32)
-        ref = q8_activations(normed)[0]
-        got = read_q8(dev, out, N)
-        assert np.abs(got - ref).max() <= 1.01 * np.abs(ref - normed[0]).max() + 1e-6
+        # exact but for rare one-step differences where the kernel's f32 norm puts a value on the
+        # other side of a rounding boundary (seed 936614920 had one in a block of large values)
+        close_q8(read_q8(dev, out, N), normed[0], "the fused norm's int8 blocks")
         dev.write(out.xd, np.zeros(N // 32 * 2, np.float32))  # the next round must write them again
 
 
