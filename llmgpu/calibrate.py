@@ -174,17 +174,12 @@ def gptq_round(x: np.ndarray, ws: list[np.ndarray], s: np.ndarray, group_size: i
     q = gptq(np.concatenate([w * s for w in ws]), H, group_size, asymmetric, GPTQ_DAMP)
     cut = np.cumsum([0] + [w.shape[0] for w in ws])
     parts = [_row_slice(q, a, b) for a, b in zip(cut, cut[1:])]
-    return [(t, _weight_error(t, w * s)) for t, w in zip(parts, ws)]
+    return [(t, quant.relative_error(t, w * s)) for t, w in zip(parts, ws)]
 
 
 def _row_slice(t: quant.Q4Tensor, a: int, b: int) -> quant.Q4Tensor:
     return quant.Q4Tensor(t.qweight[a:b].copy(), t.scales[a:b].copy(), t.group_size,
                           None if t.offsets is None else t.offsets[a:b].copy())
-
-
-def _weight_error(t: quant.Q4Tensor, w: np.ndarray) -> float:
-    w = w.astype(np.float64)
-    return float(np.sqrt(((dequantize(t) - w) ** 2).sum()) / (np.sqrt((w * w).sum()) or 1.0))
 
 
 def gptq(w: np.ndarray, H: np.ndarray, group_size: int, asymmetric: bool, damp: float,
@@ -226,12 +221,10 @@ def gptq(w: np.ndarray, H: np.ndarray, group_size: int, asymmetric: bool, damp: 
                 S[:, g] = s16[:, 0]
                 if asymmetric:
                     O[:, g] = o[:, 0]
-            s = S[:, g].astype(np.float64)
-            o = O[:, g].astype(np.float64) if asymmetric else 0.0
-            safe = np.where(s == 0, 1.0, s)
-            q = np.where(s == 0, 0.0, np.clip(np.rint((W1[:, j] - o) / safe), -8, 7))
+            s, o = S[:, g:g + 1], (O[:, g:g + 1] if asymmetric else None)
+            q = quant._levels(W1[:, None, j:j + 1], s, o)[:, 0, 0]  # the search's own rounding
             Qn[:, c] = q.astype(np.int32)
-            e = (W1[:, j] - (q * s + o)) / U[c, c]
+            e = (W1[:, j] - (q * s[:, 0].astype(np.float64) + (0.0 if o is None else o[:, 0]))) / U[c, c]
             W1[:, j + 1:] -= np.outer(e, U[c, c + 1:i2])
             E[:, j] = e
         W[:, i2:] -= E @ U[i1:i2, i2:]

@@ -163,9 +163,14 @@ def quantize(w: np.ndarray, group_size: int = DEFAULT_GROUP_SIZE, *, asymmetric:
         s, q = _search_symmetric(wg, imp)
         o = None
     t = Q4Tensor(pack_nibbles((q.astype(np.int32) + 8).reshape(N, K)), s, group_size, o)
-    denom = float(np.sqrt((w.astype(np.float64) ** 2).sum())) or 1.0
-    err = float(np.sqrt(((dequantize(t).astype(np.float64) - w) ** 2).sum())) / denom
-    return t, err
+    return t, relative_error(t, w)
+
+
+def relative_error(t, w: np.ndarray) -> float:
+    """||dequantize(t) - w|| / ||w|| (Frobenius; 0 for w = 0 reproduced exactly)."""
+    w = np.asarray(w, np.float64)
+    denom = float(np.sqrt((w * w).sum())) or 1.0
+    return float(np.sqrt(((dequantize(t).astype(np.float64) - w) ** 2).sum())) / denom
 
 
 def _levels(wg, s16, o=None):
