@@ -1,11 +1,11 @@
 """Sampler: greedy, filters (top-k / top-p / min-p) against an independent NumPy reference, temperature
 statistics, repetition penalty, seeds and validation."""
-import math
-
 import numpy as np
 import pytest
 
 from llmgpu.sample import NonFiniteLogitsError, Sampler, apply_repetition_penalty, make_sampler
+
+from .test_gpu_sample import FALSE_FAIL, bernstein
 
 N_DRAWS = 4000
 
@@ -63,12 +63,14 @@ def test_filters_match_reference_and_frequencies(rng, top_k, top_p, min_p):
     assert set(idx.tolist()) == allowed
     got = draws(s, x)
     assert set(got.tolist()) <= allowed
-    # at temperature 1 the survivors keep their relative probabilities: compare frequencies (5 sigma)
+    # at temperature 1 the survivors keep their relative probabilities: compare frequencies within
+    # Bernstein's bound (5 sigma of the normal approximation failed for a token of probability 7e-5
+    # drawn 4 times in 4000, seed 3592165993: rare tokens' counts are not normal)
     total = sum(p.values())
     for t, q in p.items():
         q /= total
         f = np.mean(got == t)
-        assert abs(f - q) <= 5 * math.sqrt(q * (1 - q) / N_DRAWS) + 1e-9, (t, f, q)
+        assert abs(f - q) < bernstein(q, N_DRAWS, FALSE_FAIL / len(p)), (t, f, q)
 
 
 def test_top_k_never_outside_top_k(rng):
@@ -107,7 +109,7 @@ def test_temperature_reweights_survivors(rng):
     got = draws(s, x)
     q = softmax(x / T)
     for t in range(8):
-        assert abs(np.mean(got == t) - q[t]) <= 5 * math.sqrt(q[t] * (1 - q[t]) / N_DRAWS) + 1e-9
+        assert abs(np.mean(got == t) - q[t]) < bernstein(q[t], N_DRAWS, FALSE_FAIL / 8)  # (as above)
     # lower temperature: the most likely token more often
     cold = draws(make_sampler(temperature=T / 4, top_k=0, top_p=1.0, min_p=0.0, seed=1), x)
     assert np.mean(cold == np.argmax(x)) > np.mean(got == np.argmax(x))
