@@ -241,3 +241,55 @@ def test_gptq_lowers_held_out_output_error_on_correlated_inputs(rng, asym):
     errs = [out_err(held, w, dequantize(gptq(w, H, 32, asym, damp=d))) for d in (0.1, 1e4)]
     assert errs[0] < 0.7 * out_err(held, w, base), (errs, out_err(held, w, base))  # 0.41-0.49 over 20 seeds
     assert errs[1] == pytest.approx(out_err(held, w, base), rel=0.05)
+
+
+@pytest.mark.parametrize("gs", [32, 64])
+def test_refit_scales_solves_each_rows_least_squares(rng, gs):
+    """calibrate.refit_scales against a direct solve per row: with the levels q fixed, the group
+    scales s minimise (w - Q s)^T Hd (w - Q s) for Q the (K, G) matrix of each group's levels, so
+    s = (Q^T Hd Q)^-1 Q^T Hd w. Every row's new scales equal that solve in f16 or, where they would
+    not lower the damped loss, the old scales; most rows take new ones and the loss falls. Catches:
+    a wrong block of A or b (a different solve), the damping left out or doubled, a row-wise keep
+    that keeps the worse scales. K = 320: G = 10 or 5."""
+    from llmgpu.calibrate import refit_scales
+    N, K = 20, 320
+    w = rng.standard_normal((N, K))
+    x = (rng.standard_normal((600, 48)) @ rng.standard_normal((48, K)) + 0.5 * rng.standard_normal((600, K))) \
+        * np.exp(0.5 * rng.standard_normal(K))
+    H = x.T @ x / len(x)
+    t, _ = quantize(w, gs, importance=np.diag(H))
+    damp = 0.1
+    Hd = H + damp * np.mean(np.diag(H)) * np.eye(K)
+    r = refit_scales(t, w, H, damp)
+    assert np.array_equal(r.qweight, t.qweight) and r.offsets is None and r.scales.dtype == np.float16
+    q = unpack_nibbles(t.qweight).astype(np.float64) - 8
+    G = K // gs
+    loss = lambda row, s: (lambda e: e @ Hd @ e)(w[row] - np.repeat(s.astype(np.float64), gs) * q[row])  # noqa: E731
+    took = 0
+    for row in range(N):
+        Q = np.zeros((K, G))
+        Q[np.arange(K), np.arange(K) // gs] = q[row]
+        want = np.linalg.solve(Q.T @ Hd @ Q, Q.T @ Hd @ w[row]).astype(np.float16)
+        if np.array_equal(r.scales[row], t.scales[row]):
+            assert loss(row, want) >= loss(row, t.scales[row]) * (1 - 1e-9)
+        else:
+            assert np.array_equal(r.scales[row], want)
+            took += 1
+    assert took >= N // 2
+    assert sum(loss(i, r.scales[i]) for i in range(N)) < 0.98 * sum(loss(i, t.scales[i]) for i in range(N))
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_keeps_given_scales(rng, act_order):
+    """calibrate.gptq(scales=S) rounds with S instead of searching: S comes back unchanged, and with
+    uncorrelated inputs (H diagonal, nothing to spread) the levels are w / S rounded and clipped,
+    in whatever order the columns are taken (act_order: by decreasing power, here a shuffle).
+    Catches the given scales ignored (searched ones differ), a column rounded with another
+    group's scale or its level stored in another column (the permutation misapplied)."""
+    from llmgpu.calibrate import gptq
+    w = rng.standard_normal((16, 160)).astype(np.float32)
+    S = (np.abs(w).reshape(16, 5, 32).max(2) / rng.uniform(5, 9, (16, 5))).astype(np.float16)
+    t = gptq(w, np.diag(rng.uniform(0.5, 3.0, 160)), 32, False, damp=0.5, scales=S, act_order=act_order)
+    assert np.array_equal(t.scales, S)
+    want = np.clip(np.rint(w / np.repeat(S.astype(np.float32), 32, axis=1)), -8, 7)
+    assert np.array_equal(unpack_nibbles(t.qweight).astype(np.int32) - 8, want.astype(np.int32))

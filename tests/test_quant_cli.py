@@ -171,6 +171,11 @@ def test_cache_keys_calibration_by_its_text(tmp_path, rng, monkeypatch):
     c = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
     assert c.quantization["calibration"]["gptq_damp"] is None
     assert len(list((tmp_path / "cache").iterdir())) == 3
+    assert c.quantization["calibration"]["refit_damp"] == calibrate.REFIT_DAMP is not None  # so is the scale refit
+    monkeypatch.setattr(calibrate, "REFIT_DAMP", None)
+    d = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
+    assert d.quantization["calibration"]["refit_damp"] is None
+    assert len(list((tmp_path / "cache").iterdir())) == 4
 
 
 WORDS = ["Hello", " world", " the", " quick", " fox", "!", " café", "\n"]

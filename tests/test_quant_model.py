@@ -146,6 +146,12 @@ def test_calibrated_quantization_end_to_end(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(calibrate, "GPTQ_DAMP", None)
     no_gptq = quantize_checkpoint(ck, 32, progress=False, calibrate=str(tmp_path / "cal.txt")).quantization
     assert r["output_error_mean"] < 0.95 * no_gptq["calibration"]["output_error_mean"], (r, no_gptq)
+    # and so did the scale refit
+    assert r["refit_damp"] == calibrate.REFIT_DAMP is not None
+    monkeypatch.setattr(calibrate, "GPTQ_DAMP", r["gptq_damp"])
+    monkeypatch.setattr(calibrate, "REFIT_DAMP", None)
+    no_refit = quantize_checkpoint(ck, 32, progress=False, calibrate=str(tmp_path / "cal.txt")).quantization
+    assert r["output_error_mean"] < 0.97 * no_refit["calibration"]["output_error_mean"], (r, no_refit)
     back = load_checkpoint(save_q4_checkpoint(cal, tmp_path / "q"))
     assert back.quantization["method"] == "calibrated" and back.quantization["calibration"]["sha256"] == r["sha256"]
     # f32 on the GPU: the skewed norms put activations out of f16's comfortable range
