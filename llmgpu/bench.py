@@ -31,8 +31,10 @@ from .quant import random_q4
 from .shapes import get_shape
 
 
-def random_checkpoint(name: str, group_size: int = DEFAULT_GROUP_SIZE, rng=None) -> Checkpoint:
-    """A checkpoint of a named shape with random weights (no tokenizer; ids are random too)."""
+def random_checkpoint(name: str, group_size: int = DEFAULT_GROUP_SIZE, rng=None, offsets: bool = False) -> Checkpoint:
+    """A checkpoint of a named shape with random weights (no tokenizer; ids are random too).
+    ``offsets``: the layers' linears carry per-group offsets, as `quantize --asymmetric` makes them
+    (lm_head does not: that quantization leaves it int8, without offsets)."""
     rng = rng or np.random.default_rng(0)
     s = {k: v for k, v in get_shape(name).items() if k != "hub_id"}
     cfg = ModelConfig.from_hf(s)
@@ -46,9 +48,9 @@ def random_checkpoint(name: str, group_size: int = DEFAULT_GROUP_SIZE, rng=None)
         T[p + "post_attention_layernorm.weight"] = np.ones(d, np.float32)
         for n, (rows, k) in {"q_proj": (cfg.q_dim, d), "k_proj": (cfg.kv_dim, d), "v_proj": (cfg.kv_dim, d),
                              "o_proj": (d, cfg.q_dim)}.items():
-            T[p + f"self_attn.{n}.weight"] = random_q4(rows, k, group_size, rng)
+            T[p + f"self_attn.{n}.weight"] = random_q4(rows, k, group_size, rng, offsets=offsets)
         for n, (rows, k) in {"gate_proj": (ff, d), "up_proj": (ff, d), "down_proj": (d, ff)}.items():
-            T[p + f"mlp.{n}.weight"] = random_q4(rows, k, group_size, rng)
+            T[p + f"mlp.{n}.weight"] = random_q4(rows, k, group_size, rng, offsets=offsets)
         if cfg.model_type == "qwen2":
             for n, rows in (("q_proj", cfg.q_dim), ("k_proj", cfg.kv_dim), ("v_proj", cfg.kv_dim)):
                 T[p + f"self_attn.{n}.bias"] = np.zeros(rows, np.float32)
@@ -140,7 +142,9 @@ def _bench_model(args, dev):
     from .model import Model
     t = time.perf_counter()
     if args.shape:
-        ckpt, label = random_checkpoint(args.shape, args.group_size), args.shape
+        offsets = getattr(args, "offsets", "no") == "yes"
+        ckpt = random_checkpoint(args.shape, args.group_size, offsets=offsets)
+        label = args.shape + (" (offsets)" if offsets else "")
     else:
         from .defaults import default_model_path
         from .loader import load_cached_or_quantize

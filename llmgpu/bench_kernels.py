@@ -389,5 +389,6 @@ def add_arguments(p) -> None:
                    help="rotate weight copies until this many bytes are in flight (defeats the cache)")
     p.add_argument("--offsets", choices=tuple(OFFSETS), default="no",
                    help="weights with per-group offsets (asymmetric, `quantize --asymmetric`): no, yes, or both "
-                        "(each shape without, then with; prints the time ratio)")
+                        "(bench kernels: each shape without, then with; prints the time ratio). `llmgpu bench "
+                        "--shape S --offsets yes`: the model's layer weights carry offsets")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -444,9 +444,9 @@ def _bench(args) -> int:
     if args.what == "kernels":
         from . import bench_kernels
         return bench_kernels.run(args)
-    if args.offsets != "no":
-        raise ValueError("--offsets is an option of `llmgpu bench kernels`; a model's own weights decide "
-                         "whether `llmgpu bench` runs with offsets")
+    if args.offsets == "both" or (args.offsets == "yes" and not args.shape):
+        raise ValueError("`llmgpu bench --offsets yes` gives a --shape's random weights offsets (run it once "
+                         "with and once without); a checkpoint's own weights decide whether it has them")
     from . import bench
     return bench.run(args)
 

@@ -139,6 +139,28 @@ def test_random_checkpoint_has_the_preset_dimensions():
     s = get_shape("tiny")
     assert ck.config.hidden_size == s["hidden_size"] and ck.config.num_hidden_layers == s["num_hidden_layers"]
     assert ck.tensors["model.layers.1.mlp.down_proj.weight"].shape == (s["hidden_size"], s["intermediate_size"])
+    assert all(t.offsets is None for t in ck.tensors.values() if hasattr(t, "offsets"))
+
+
+def test_bench_with_offsets_runs_the_model_with_them(capsys, monkeypatch):
+    """`bench --shape S --offsets yes`: every layer linear carries offsets (lm_head does not, as
+    `quantize --asymmetric` leaves it), the model runs, and the report says so."""
+    from llmgpu import bench
+    made = []
+    real = bench.random_checkpoint
+
+    def spy(*a, **k):
+        ck = real(*a, **k)
+        made.append(ck)
+        return ck
+    monkeypatch.setattr(bench, "random_checkpoint", spy)
+    rc, out, _ = run(capsys, "bench", "--shape", "tiny", "--offsets", "yes", "-p", "4", "-n", "2", "-r", "1", "--json",
+                     "--stream-bytes", str(8 << 20))
+    assert rc == 0 and json.loads(out)["model"] == "tiny (offsets)"
+    (ck,) = made
+    layers = [t for n, t in ck.tensors.items() if n.startswith("model.layers.") and hasattr(t, "offsets")]
+    assert len(layers) == 7 * ck.config.num_hidden_layers and all(t.offsets is not None for t in layers)
+    assert ck.tensors["lm_head.weight"].offsets is None
 
 
 def test_bench_depth_and_decode_schedule(capsys):
@@ -169,7 +191,8 @@ def test_bench_depth_and_decode_schedule(capsys):
     (["bench", "--shape", "tiny", "--gemm", "f32,int4"], "--gemm 'int4': expected auto, f32, i8, f16"),
     (["bench", "kernels", "--shapes", "tiny", "--gemm", "i4"], "--gemm 'i4': expected auto, f32, i8, f16"),
     (["bench", "kernels", "--shapes", "tiny", "--no-gemm", "--no-gemv"], "leave nothing to measure"),
-    (["bench", "--shape", "tiny", "--offsets", "both"], "--offsets is an option of `llmgpu bench kernels`"),
+    (["bench", "--shape", "tiny", "--offsets", "both"], "run it once with and once without"),
+    (["bench", "--offsets", "yes"], "a checkpoint's own weights decide"),
 ])
 def test_bench_arguments_fail_before_the_device(monkeypatch, capsys, argv, msg):
     """Bad arguments are refused before the adapter is opened (let alone the bandwidth measured)."""
