@@ -38,7 +38,8 @@ Then, symmetric only, each row's group scales are refitted together for the leve
 mean diagonal, where they lower that damped error. On three held-out texts it moved g32 from
 +10.1 / +6.2 / +4.1 % to +8.5 / +6.8 / +3.4 % of F's perplexity (BENCHMARKS.md); damping 0.01 and 1
 did no better. (Neither did a second GPTQ pass with the refitted scales kept, with or without
-GPTQ's act order, nor 16k tokens of other calibration text, nor rotating the residual stream.)
+GPTQ's act order, nor 16k tokens of other calibration text, nor text the model wrote itself, nor
+rotating the residual stream.)
 
 The default calibration text (``llmgpu/calibration/default.txt``) was written for llmgpu (varied
 prose, dialogue, instructions, code and numbers) and is under the project's licence, Apache-2.0.
@@ -304,8 +305,8 @@ def quantize_layer(T: dict, i: int, xs: dict, group_size_of, asymmetric: bool, e
             if used:
                 qs = gptq_round(H, ws, s, gs[0], asymmetric)
             if refit:
-                qs = [(t, quant.relative_error(t, w * s)) for t, w in
-                      zip([refit_scales(t, w * s, H, REFIT_DAMP) for (t, _), w in zip(qs, ws)], ws)]
+                tensors = [refit_scales(t, w * s, H, REFIT_DAMP) for (t, _), w in zip(qs, ws)]
+                qs = [(t, quant.relative_error(t, w * s)) for t, w in zip(tensors, ws)]
             loss_rows = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
             err = output_error(loss_rows, ws, [dequantize(t) / s for t, _ in qs])
         for n, (q, e) in zip(names, qs):

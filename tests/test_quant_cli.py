@@ -30,6 +30,7 @@ def test_quantize_asymmetric_calibrated_records_how(capsys, tmp_path, rng):
     meta = json.loads((tmp_path / "q" / "llmgpu.json").read_text())
     assert meta["quantization"]["asymmetric"] is True and meta["quantization"]["method"] == "calibrated"
     assert meta["quantization"]["calibration"]["text"] == "cal.txt"
+    assert meta["quantization"]["calibration"]["refit_damp"] is None  # the scale refit is symmetric only
     ck = load_checkpoint(tmp_path / "q")
     assert ck.tensors["model.layers.0.mlp.down_proj.weight"].offsets is not None
 
