@@ -120,6 +120,7 @@ def test_model_matches_transformers(tmp_path, rng, arch):
         dec8 = np.stack(out)
         ref8 = reference_logits(ckpt, hf_cfg, ids, q8_from=q8_from)[12:]
         assert rel(dec8, ref8) < 0.1, f"int8 decode logits after {route} prefill: {rel(dec8, ref8):.2e}"
+    # the rounding is real: the int8 reference is measurably off the float one
     assert rel(ref8, ref[12:]) > 1e-3
 
 
