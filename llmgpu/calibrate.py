@@ -160,7 +160,7 @@ def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], as
     per-input scales s to divide the preceding op's output by (ones unless ``fold``), alpha or None
     for the plain search, output error); tensors are (Q4Tensor, relative weight error) pairs, each
     standing for ``W diag(s)``."""
-    xs = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
+    xs = loss_rows(x)
     mean_abs = np.abs(x).mean(0) + 1e-8
     ones = np.ones(x.shape[1], np.float32)
     cands = [(None, ones)] + [(a, _channel_scales(mean_abs, a)) for a in (_ALPHAS if fold else (0.0,))]
@@ -175,6 +175,16 @@ def awq_quantize(x: np.ndarray, ws: list[np.ndarray], group_sizes: list[int], as
     return best
 
 
+def loss_rows(x: np.ndarray) -> np.ndarray:
+    """Up to ``_LOSS_ROWS`` rows of ``x``, evenly spaced: the rows output errors are measured on."""
+    return x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
+
+
+def refit_damp(asymmetric: bool) -> float | None:
+    """The damping of the scale refit for this recipe: None (no refit) when asymmetric."""
+    return None if asymmetric else REFIT_DAMP
+
+
 def second_moment(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     """E[x x^T] (f64) of the inputs ``x`` divided by the channel scales ``s``: what W diag(s) sees."""
     xsc = x / s
@@ -184,11 +194,10 @@ def second_moment(x: np.ndarray, s: np.ndarray) -> np.ndarray:
 def gptq_round(H: np.ndarray, ws: list[np.ndarray], s: np.ndarray, group_size: int, asymmetric: bool) -> list:
     """GPTQ rounding of the fused weights ``ws`` (sharing one input, so K and group size) scaled by
     the chosen channel scales ``s``, for scaled inputs of second moment ``H``: one run over the
-    stacked rows (GPTQ treats rows independently)."""
+    stacked rows (GPTQ treats rows independently). Returns one tensor per weight."""
     q = gptq(np.concatenate([w * s for w in ws]), H, group_size, asymmetric, GPTQ_DAMP)
     cut = np.cumsum([0] + [w.shape[0] for w in ws])
-    parts = [_row_slice(q, a, b) for a, b in zip(cut, cut[1:])]
-    return [(t, quant.relative_error(t, w * s)) for t, w in zip(parts, ws)]
+    return [_row_slice(q, a, b) for a, b in zip(cut, cut[1:])]
 
 
 def refit_scales(t: quant.Q4Tensor, w: np.ndarray, H: np.ndarray, damp: float) -> quant.Q4Tensor:
@@ -299,16 +308,14 @@ def quantize_layer(T: dict, i: int, xs: dict, group_size_of, asymmetric: bool, e
         gs = [group_size_of(w.shape[1]) for w in ws]
         qs, s, alpha, err = awq_quantize(x, ws, gs, asymmetric, fold is not None)
         used = GPTQ_DAMP is not None and gs[0] <= GPTQ_MAX_GROUP
-        refit = REFIT_DAMP is not None and not asymmetric
-        if used or refit:
+        damp = refit_damp(asymmetric)
+        if used or damp is not None:
             H = second_moment(x, s)
-            if used:
-                qs = gptq_round(H, ws, s, gs[0], asymmetric)
-            if refit:
-                tensors = [refit_scales(t, w * s, H, REFIT_DAMP) for (t, _), w in zip(qs, ws)]
-                qs = [(t, quant.relative_error(t, w * s)) for t, w in zip(tensors, ws)]
-            loss_rows = x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
-            err = output_error(loss_rows, ws, [dequantize(t) / s for t, _ in qs])
+            tensors = gptq_round(H, ws, s, gs[0], asymmetric) if used else [t for t, _ in qs]
+            if damp is not None:
+                tensors = [refit_scales(t, w * s, H, damp) for t, w in zip(tensors, ws)]
+            qs = [(t, quant.relative_error(t, w * s)) for t, w in zip(tensors, ws)]
+            err = output_error(loss_rows(x), ws, [dequantize(t) / s for t in tensors])
         for n, (q, e) in zip(names, qs):
             T[p + n], errors[p + n] = q, e
         if fold is not None:  # down before gate_up: up's rows take 1/s before up is quantized

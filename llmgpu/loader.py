@@ -612,7 +612,7 @@ def _calibrated(ckpt: Checkpoint, tensors: dict, calibrate, group_of, asymmetric
     tensors, layers = cal.calibrate_and_quantize(tensors, ckpt.config, seqs, group_of, asymmetric, errors, progress)
     return tensors, {"text": label, "sha256": sha, "tokens": sum(map(len, seqs)), "sequences": len(seqs),
                      "sequential": cal.SEQUENTIAL, "clip": cal.quant.CLIP, "gptq_damp": cal.GPTQ_DAMP,
-                     "gptq_max_group": cal.GPTQ_MAX_GROUP, "refit_damp": None if asymmetric else cal.REFIT_DAMP,
+                     "gptq_max_group": cal.GPTQ_MAX_GROUP, "refit_damp": cal.refit_damp(asymmetric),
                      "output_error_mean": round(float(np.mean([g["output_error"] for v in layers.values()
                                                                for g in v.values()])), 6),
                      "layers": {str(i): v for i, v in layers.items()}}
@@ -874,8 +874,8 @@ def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT
         from . import calibrate as cal
         options["calibrate"] = cal.read_text(None if calibrate is True else str(calibrate))[2]  # before any work
         options["gptq"] = [cal.GPTQ_DAMP, cal.GPTQ_MAX_GROUP]  # (entries made before GPTQ rounding are not reused)
-        if not asymmetric:
-            options["refit"] = cal.REFIT_DAMP  # (nor those made before the scale refit, which is symmetric only)
+        if (damp := cal.refit_damp(asymmetric)) is not None:
+            options["refit"] = damp  # (nor those made before the scale refit, which is symmetric only)
     if requantize:
         options["requantize"] = True
     if path.is_dir() and (path / "llmgpu.json").is_file():
