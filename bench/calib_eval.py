@@ -5,7 +5,9 @@ numbers compare with one another (they matched llmgpu's to about 4 digits before
 
     python bench/calib_eval.py EVAL.txt [--tokens 1020] [--group-size 32] [--calibrate FILE] [--variant NAME]
 
-Prints one line per recipe: perplexity, vs F, top-1 agreement with F, seconds to quantize.
+Prints one line per recipe: perplexity, vs F, top-1 agreement with F, the mean KL divergence of
+its next-token distribution from F's (less noisy than the perplexity difference: it does not hang
+on which tokens the text happens to hold), seconds to quantize.
 """
 from __future__ import annotations
 
@@ -33,19 +35,27 @@ def forward_logits(T: dict, cfg, ids: list[int], head: np.ndarray) -> np.ndarray
     return calibrate.rmsnorm(hs[0], T["model.norm.weight"], cfg.rms_norm_eps) @ head.T
 
 
-def score(T, cfg, ids, head, ctx=512, stride=511):
-    """(nll per scored token, argmax per scored token) with perplexity's windows (cli.score_windows)."""
-    nll, top, start, done = [], [], 0, 1
+def score(T, cfg, ids, head, ctx=512, stride=511, ref=None):
+    """(nll per scored token, argmax per scored token, log-probabilities per window) with
+    perplexity's windows (cli.score_windows); with ``ref`` (F's log-probabilities per window) the
+    third is KL(F || this) per scored token instead."""
+    nll, top, lps, start, done = [], [], [], 0, 1
     while done < len(ids):
         end = min(start + ctx, len(ids))
         w = ids[start:end]
         x = forward_logits(T, cfg, w, head).astype(np.float64)[done - 1 - start:len(w) - 1]
         tgt = np.asarray(w[done - start:])
         m = x.max(1, keepdims=True)
-        nll.append(m[:, 0] + np.log(np.exp(x - m).sum(1)) - x[np.arange(len(tgt)), tgt])
+        lp = x - (m + np.log(np.exp(x - m).sum(1, keepdims=True)))
+        nll.append(-lp[np.arange(len(tgt)), tgt])
         top.append(x.argmax(1))
+        if ref is None:
+            lps.append(lp.astype(np.float32))
+        else:
+            r = ref[len(lps)].astype(np.float64)
+            lps.append((np.exp(r) * (r - lp)).sum(1))
         done, start = end, start + stride
-    return np.concatenate(nll), np.concatenate(top)
+    return np.concatenate(nll), np.concatenate(top), (lps if ref is None else np.concatenate(lps))
 
 
 def floats(T: dict) -> dict:
@@ -59,6 +69,8 @@ def main(argv=None):
     p.add_argument("--group-size", type=int, nargs="+", default=[32])
     p.add_argument("--calibrate", default=None, help="calibration text (default: the shipped one)")
     p.add_argument("--recipes", default="F,plain,calibrated")
+    p.add_argument("--save", default=None, metavar="PREFIX",
+                   help="save each recipe's per-token nll and KL as PREFIX-g<size>-<recipe>.npz (for paired comparisons)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="set a knob of llmgpu/calibrate.py (quant.NAME: of llmgpu/quant.py) for this run, e.g. quant.CLIP=False, "
                         "_ALPHAS=(0,0.25,0.5), SEQUENTIAL=True, DEFAULT_TOKENS=4096 (a Python literal)")
@@ -78,7 +90,7 @@ def main(argv=None):
     fl = dataclasses.replace(ck, tensors=_requantizable(ck))
     emb = np.asarray(fl.tensors["model.embed_tokens.weight"], np.float32)
     head = dequantize(quantize_q8(fl.tensors.get("lm_head.weight", emb))[0])
-    nllF, topF = score(floats(fl.tensors), ck.config, ids, head)
+    nllF, topF, lpF = score(floats(fl.tensors), ck.config, ids, head)
     n, pF = len(nllF), math.exp(nllF.mean())
     if "F" in a.recipes.split(","):
         print(f"F: perplexity {pF:.3f} over {n} tokens", flush=True)
@@ -91,8 +103,10 @@ def main(argv=None):
                                     calibrate=(a.calibrate or True) if r == "calibrated" else None, note=lambda m: None)
             dt = time.time() - t0
             T = floats(q.tensors)
-            nll, top = score(T, ck.config, ids, head)
+            nll, top, kl = score(T, ck.config, ids, head, ref=lpF)
             pp = math.exp(nll.mean())
+            if a.save:
+                np.savez(f"{a.save}-g{gs}-{r}.npz", nll=nll, nllF=nllF, kl=kl)
             # the standard error of the mean per-token log-likelihood difference against F (paired):
             # how much of "vs F" the choice of scored text alone could move (tokens taken as independent)
             se = float(np.std(nll - nllF, ddof=1) / math.sqrt(len(nll)))
@@ -100,6 +114,7 @@ def main(argv=None):
             if "calibration" in q.quantization:
                 extra = f"  calib output error {q.quantization['calibration']['output_error_mean']:.4f}"
             print(f"g{gs} {r}: perplexity {pp:.3f} ({pp / pF - 1:+.1%} ± {pp / pF * se:.1%} vs F), top-1 {np.mean(top == topF):.1%}, "
+                  f"KL(F||it) {kl.mean():.4f} ± {np.std(kl, ddof=1) / math.sqrt(len(kl)):.4f} nats, "
                   f"quantized in {dt:.0f} s{extra}", flush=True)
 
 

@@ -177,6 +177,12 @@ def test_cache_keys_calibration_by_its_text(tmp_path, rng, monkeypatch):
     d = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
     assert d.quantization["calibration"]["refit_damp"] is None
     assert len(list((tmp_path / "cache").iterdir())) == 4
+    monkeypatch.setattr(calibrate, "REFIT_DAMP", c.quantization["calibration"]["refit_damp"])
+    assert c.quantization["calibration"]["cd_sweeps"] == calibrate.CD_SWEEPS > 0  # and the coordinate descent
+    monkeypatch.setattr(calibrate, "CD_SWEEPS", 0)
+    e = loader.load_cached_or_quantize(tmp_path / "src", 32, progress=False, calibrate=str(cal))
+    assert e.quantization["calibration"]["cd_sweeps"] == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 5
 
 
 WORDS = ["Hello", " world", " the", " quick", " fox", "!", " café", "\n"]

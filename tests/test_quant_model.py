@@ -144,6 +144,7 @@ def test_calibrated_quantization_end_to_end(tmp_path, rng, monkeypatch):
     # GPTQ rounding ran: without it the same recipe's calibration output error is higher
     assert r["gptq_damp"] == calibrate.GPTQ_DAMP is not None
     monkeypatch.setattr(calibrate, "GPTQ_DAMP", None)
+    monkeypatch.setattr(calibrate, "CD_SWEEPS", 0)  # (which would round in GPTQ's place)
     no_gptq = quantize_checkpoint(ck, 32, progress=False, calibrate=str(tmp_path / "cal.txt")).quantization
     assert r["output_error_mean"] < 0.95 * no_gptq["calibration"]["output_error_mean"], (r, no_gptq)
     # and so did the scale refit
@@ -156,6 +157,35 @@ def test_calibrated_quantization_end_to_end(tmp_path, rng, monkeypatch):
     assert back.quantization["method"] == "calibrated" and back.quantization["calibration"]["sha256"] == r["sha256"]
     # f32 on the GPU: the skewed norms put activations out of f16's comfortable range
     assert gpu_matches_reference(back, hf_cfg, rng, get_device(f16=False, subgroups=False)) < 1e-3
+
+
+def test_calibrated_g64_runs_coordinate_descent(tmp_path, rng, monkeypatch):
+    """At group size 64 GPTQ does not round (GPTQ_MAX_GROUP = 32) and the coordinate descent over
+    the levels does instead: recorded per layer group where K = 64 (qkv, o, gate_up), not on down
+    (K = 96 falls back to 32, where GPTQ runs), and the calibration output error of those groups is
+    lower than with it switched off. Asymmetric: no descent (the refit it needs is symmetric only).
+    Catches: the descent not run at 64 (or run at 32 on top of GPTQ), a descent that raises the
+    output error, metadata that says it ran when it did not."""
+    ck, _ = float_checkpoint(tmp_path / "src", rng)
+    ck = skew_norms(ck, rng)
+    text = " ".join(f"t{i}" for i in rng.integers(0, BASE["vocab_size"], 300))
+    (tmp_path / "cal.txt").write_text(text)
+    r = quantize_checkpoint(ck, 64, progress=False, calibrate=str(tmp_path / "cal.txt")).quantization["calibration"]
+    assert r["cd_sweeps"] == calibrate.CD_SWEEPS > 0 and r["cd_damp"] == calibrate.CD_DAMP
+    for layer in r["layers"].values():
+        assert layer["down"]["gptq"] and layer["down"]["cd_sweeps"] == 0
+        for group in ("qkv", "o", "gate_up"):
+            assert not layer[group]["gptq"] and layer[group]["cd_sweeps"] == calibrate.CD_SWEEPS
+    monkeypatch.setattr(calibrate, "CD_SWEEPS", 0)
+    off = quantize_checkpoint(ck, 64, progress=False, calibrate=str(tmp_path / "cal.txt")).quantization["calibration"]
+    err = lambda rec: np.mean([layer[g]["output_error"] for layer in rec["layers"].values()  # noqa: E731
+                               for g in ("qkv", "o", "gate_up")])
+    assert err(r) < 0.97 * err(off), (err(r), err(off))
+    assert r["layers"]["0"]["down"] == off["layers"]["0"]["down"]  # (later layers' inputs differ: sequential)
+    monkeypatch.undo()
+    a = quantize_checkpoint(ck, 64, progress=False, asymmetric=True, calibrate=str(tmp_path / "cal.txt"))
+    cal = a.quantization["calibration"]
+    assert cal["cd_sweeps"] == 0 and all(g["cd_sweeps"] == 0 for layer in cal["layers"].values() for g in layer.values())
 
 
 def test_calibration_needs_float_layers(tmp_path, rng):
