@@ -62,6 +62,23 @@ def floats(T: dict) -> dict:
     return {n: (dequantize(t) if isinstance(t, (Q4Tensor, Q8Tensor)) else t) for n, t in T.items()}
 
 
+def reference(eval_path: str, tokens: int):
+    """The default model with its layers float (F), the first ``tokens`` ids of ``eval_path``, the
+    int8 lm_head every recipe shares, and F's (nll, argmax, log-probabilities) on those ids."""
+    ck = load_checkpoint(default_model_path())
+    ids = encode_prompt(ck.tokenizer, open(eval_path, encoding="utf-8").read(), add_bos=ck.add_bos,
+                        bos_token_id=ck.bos_token_id)[:tokens]
+    fl = dataclasses.replace(ck, tensors=_requantizable(ck))
+    emb = np.asarray(fl.tensors["model.embed_tokens.weight"], np.float32)
+    head = dequantize(quantize_q8(fl.tensors.get("lm_head.weight", emb))[0])
+    return fl, ids, head, score(floats(fl.tensors), ck.config, ids, head)
+
+
+def kl_text(kl: np.ndarray) -> str:
+    """Mean KL per token and its standard error."""
+    return f"KL(F||it) {kl.mean():.4f} ± {np.std(kl, ddof=1) / math.sqrt(len(kl)):.4f} nats"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("eval")
@@ -84,13 +101,7 @@ def main(argv=None):
             raise SystemExit(f"{mod.__name__} has no {k}")
         setattr(mod, k, ast.literal_eval(v))
         print(f"{mod.__name__}.{k} = {getattr(mod, k)!r}", flush=True)
-    ck = load_checkpoint(default_model_path())
-    ids = encode_prompt(ck.tokenizer, open(a.eval, encoding="utf-8").read(), add_bos=ck.add_bos,
-                        bos_token_id=ck.bos_token_id)[:a.tokens]
-    fl = dataclasses.replace(ck, tensors=_requantizable(ck))
-    emb = np.asarray(fl.tensors["model.embed_tokens.weight"], np.float32)
-    head = dequantize(quantize_q8(fl.tensors.get("lm_head.weight", emb))[0])
-    nllF, topF, lpF = score(floats(fl.tensors), ck.config, ids, head)
+    fl, ids, head, (nllF, topF, lpF) = reference(a.eval, a.tokens)
     n, pF = len(nllF), math.exp(nllF.mean())
     if "F" in a.recipes.split(","):
         print(f"F: perplexity {pF:.3f} over {n} tokens", flush=True)
@@ -103,7 +114,7 @@ def main(argv=None):
                                     calibrate=(a.calibrate or True) if r == "calibrated" else None, note=lambda m: None)
             dt = time.time() - t0
             T = floats(q.tensors)
-            nll, top, kl = score(T, ck.config, ids, head, ref=lpF)
+            nll, top, kl = score(T, fl.config, ids, head, ref=lpF)
             pp = math.exp(nll.mean())
             if a.save:
                 np.savez(f"{a.save}-g{gs}-{r}.npz", nll=nll, nllF=nllF, kl=kl)
@@ -114,7 +125,7 @@ def main(argv=None):
             if "calibration" in q.quantization:
                 extra = f"  calib output error {q.quantization['calibration']['output_error_mean']:.4f}"
             print(f"g{gs} {r}: perplexity {pp:.3f} ({pp / pF - 1:+.1%} ± {pp / pF * se:.1%} vs F), top-1 {np.mean(top == topF):.1%}, "
-                  f"KL(F||it) {kl.mean():.4f} ± {np.std(kl, ddof=1) / math.sqrt(len(kl)):.4f} nats, "
+                  f"{kl_text(kl)}, "
                   f"quantized in {dt:.0f} s{extra}", flush=True)
 
 

@@ -9,7 +9,6 @@ Prints one line per part: perplexity vs F, top-1 agreement with F, mean KL(F || 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 
@@ -17,9 +16,7 @@ import numpy as np
 
 import calib_eval as ce
 from llmgpu import calibrate
-from llmgpu.defaults import default_model_path
-from llmgpu.loader import _requantizable, load_checkpoint
-from llmgpu.quant import dequantize, group_size_for, quantize_q8
+from llmgpu.quant import group_size_for
 from llmgpu.tokenizer import encode_prompt
 
 
@@ -29,15 +26,10 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=2045)
     p.add_argument("--group-size", type=int, default=64)
     a = p.parse_args(argv)
-    ck = load_checkpoint(default_model_path())
-    enc = lambda t: encode_prompt(ck.tokenizer, t, add_bos=ck.add_bos, bos_token_id=ck.bos_token_id)  # noqa: E731
-    ids = enc(open(a.eval, encoding="utf-8").read())[:a.tokens]
-    seqs = calibrate.chunks(enc(calibrate.read_text(None)[0]))
-    fl = dataclasses.replace(ck, tensors=_requantizable(ck))
-    emb = np.asarray(fl.tensors["model.embed_tokens.weight"], np.float32)
-    head = dequantize(quantize_q8(fl.tensors.get("lm_head.weight", emb))[0])
-    nllF, topF, lpF = ce.score(ce.floats(fl.tensors), ck.config, ids, head)
-    L = ck.config.num_hidden_layers
+    fl, ids, head, (nllF, topF, lpF) = ce.reference(a.eval, a.tokens)
+    seqs = calibrate.chunks(encode_prompt(fl.tokenizer, calibrate.read_text(None)[0], add_bos=fl.add_bos,
+                                          bos_token_id=fl.bos_token_id))
+    L = fl.config.num_hidden_layers
     parts = {"all": lambda i, g: False}
     for grp in ("qkv", "o", "gate_up", "down"):
         parts[f"only {grp}"] = (lambda grp: lambda i, g: g != grp)(grp)
@@ -46,11 +38,11 @@ def main(argv=None):
     try:
         for name, keep in parts.items():
             calibrate.KEEP_FLOAT = keep
-            T, _ = calibrate.calibrate_and_quantize(fl.tensors, ck.config, seqs,
+            T, _ = calibrate.calibrate_and_quantize(fl.tensors, fl.config, seqs,
                                                     lambda K: group_size_for(K, a.group_size), False, {}, progress=False)
-            nll, top, kl = ce.score(ce.floats(T), ck.config, ids, head, ref=lpF)
-            print(f"g{a.group_size} {name}: {math.exp(nll.mean() - nllF.mean()) - 1:+.1%} vs F, top-1 {np.mean(top == topF):.1%}, "
-                  f"KL {kl.mean():.4f} ± {np.std(kl, ddof=1) / math.sqrt(len(kl)):.4f} nats", flush=True)
+            nll, top, kl = ce.score(ce.floats(T), fl.config, ids, head, ref=lpF)
+            print(f"g{a.group_size} {name}: {math.exp(nll.mean() - nllF.mean()) - 1:+.1%} vs F, "
+                  f"top-1 {np.mean(top == topF):.1%}, {ce.kl_text(kl)}", flush=True)
     finally:
         calibrate.KEEP_FLOAT = None
 

@@ -196,11 +196,10 @@ def loss_rows(x: np.ndarray) -> np.ndarray:
     return x[:: max(1, len(x) // _LOSS_ROWS)][:_LOSS_ROWS]
 
 
-def cd_sweeps(group_size: int, asymmetric: bool) -> int:
-    """Coordinate-descent sweeps for this group size and recipe: only where GPTQ does not round
-    (above ``GPTQ_MAX_GROUP``) and the scales are refitted (symmetric)."""
-    gptq_used = GPTQ_DAMP is not None and group_size <= GPTQ_MAX_GROUP
-    return 0 if gptq_used or refit_damp(asymmetric) is None else CD_SWEEPS
+def cd_sweeps(asymmetric: bool) -> int:
+    """Coordinate-descent sweeps of this recipe where GPTQ does not round: none when asymmetric
+    (each sweep ends in the scale refit, which is symmetric only)."""
+    return 0 if refit_damp(asymmetric) is None else CD_SWEEPS
 
 
 def refit_damp(asymmetric: bool) -> float | None:
@@ -359,7 +358,7 @@ def quantize_layer(T: dict, i: int, xs: dict, group_size_of, asymmetric: bool, e
         gs = [group_size_of(w.shape[1]) for w in ws]
         qs, s, alpha, err = awq_quantize(x, ws, gs, asymmetric, fold is not None)
         used = GPTQ_DAMP is not None and gs[0] <= GPTQ_MAX_GROUP
-        damp, sweeps = refit_damp(asymmetric), cd_sweeps(gs[0], asymmetric)
+        damp, sweeps = refit_damp(asymmetric), (0 if used else cd_sweeps(asymmetric))
         if used or damp is not None:
             H = second_moment(x, s)
             tensors = gptq_round(H, ws, s, gs[0], asymmetric) if used else [t for t, _ in qs]

@@ -613,7 +613,7 @@ def _calibrated(ckpt: Checkpoint, tensors: dict, calibrate, group_of, asymmetric
     return tensors, {"text": label, "sha256": sha, "tokens": sum(map(len, seqs)), "sequences": len(seqs),
                      "sequential": cal.SEQUENTIAL, "clip": cal.quant.CLIP, "gptq_damp": cal.GPTQ_DAMP,
                      "gptq_max_group": cal.GPTQ_MAX_GROUP, "refit_damp": cal.refit_damp(asymmetric),
-                     "cd_sweeps": cal.CD_SWEEPS if cal.refit_damp(asymmetric) is not None else 0, "cd_damp": cal.CD_DAMP,
+                     "cd_sweeps": cal.cd_sweeps(asymmetric), "cd_damp": cal.CD_DAMP,
                      "output_error_mean": round(float(np.mean([g["output_error"] for v in layers.values()
                                                                for g in v.values()])), 6),
                      "layers": {str(i): v for i, v in layers.items()}}
@@ -877,8 +877,8 @@ def load_cached_or_quantize(source: str | os.PathLike, group_size: int = DEFAULT
         options["gptq"] = [cal.GPTQ_DAMP, cal.GPTQ_MAX_GROUP]  # (entries made before GPTQ rounding are not reused)
         if (damp := cal.refit_damp(asymmetric)) is not None:
             options["refit"] = damp  # (nor those made before the scale refit, which is symmetric only)
-            if cal.CD_SWEEPS:  # (nor those made before the coordinate descent, symmetric and above GPTQ_MAX_GROUP)
-                options["cd"] = [cal.CD_SWEEPS, cal.CD_DAMP]
+        if sweeps := cal.cd_sweeps(asymmetric):  # (nor those made before the coordinate descent)
+            options["cd"] = [sweeps, cal.CD_DAMP]
     if requantize:
         options["requantize"] = True
     if path.is_dir() and (path / "llmgpu.json").is_file():
