@@ -194,3 +194,19 @@ def test_fallback_template_is_chatml():
     assert render_chat(None, msgs) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert render_chat(None, msgs, add_generation_prompt=False) == render_chat(FALLBACK_CHAT_TEMPLATE, msgs, False)
     assert not render_chat(None, msgs, add_generation_prompt=False).endswith("assistant\n")
+
+
+def test_the_shipped_calibration_text_is_used_whole(smol):
+    """With the default model's tokenizer, the shipped calibration text fits within DEFAULT_TOKENS,
+    so its second part (the formal and technical registers, which lowered the KL from F most;
+    BENCHMARKS.md, sixth pass) reaches the calibration. Catches DEFAULT_TOKENS lowered below the
+    text's length, or the text grown past it without raising DEFAULT_TOKENS."""
+    from llmgpu import calibrate
+    tok, _ = smol
+    text = calibrate.read_text(None)[0]
+    ids = encode_prompt(tok, text, add_bos=False)
+    seqs = calibrate.chunks(ids)
+    assert len(ids) > 3000, len(ids)
+    assert sum(map(len, seqs)) >= len(ids) - 1  # (chunks drops a last piece of one token)
+    assert tok.decode(seqs[-1][-40:]).strip() == tok.decode(ids[-40:]).strip()
+    assert "GENEVA" in tok.decode([i for s in seqs for i in s])
