@@ -61,7 +61,8 @@ specification, a README, a study's methods, news, an encyclopedia entry, minutes
 The register of the calibration text matters more than any knob above: the second part lowered
 the KL from F by 13-19 % on each of four held-out texts, a non-legal technical one included
 (BENCHMARKS.md, sixth pass). Calibrating on text like the one the model will see
-(``--calibrate FILE``) can do better still (another licence text, at the same settings, did on licence texts).
+(``--calibrate FILE``) can do better still: another licence text, at the same settings, did on
+licence texts.
 """
 from __future__ import annotations
 
