@@ -17,7 +17,6 @@ import numpy as np
 import calib_eval as ce
 from llmgpu import calibrate
 from llmgpu.quant import group_size_for
-from llmgpu.tokenizer import encode_prompt
 
 
 def main(argv=None):
@@ -27,8 +26,7 @@ def main(argv=None):
     p.add_argument("--group-size", type=int, default=64)
     a = p.parse_args(argv)
     fl, ids, head, (nllF, topF, lpF) = ce.reference(a.eval, a.tokens)
-    seqs = calibrate.chunks(encode_prompt(fl.tokenizer, calibrate.read_text(None)[0], add_bos=fl.add_bos,
-                                          bos_token_id=fl.bos_token_id))
+    seqs = calibrate.sequences(fl, None)[0]
     L = fl.config.num_hidden_layers
     parts = {"all": lambda i, g: False}
     for grp in ("qkv", "o", "gate_up", "down"):

@@ -109,6 +109,15 @@ def read_text(path: str | None) -> tuple[str, str, str]:
     return text, label, hashlib.sha256(data).hexdigest()
 
 
+def sequences(ckpt, path: str | None) -> tuple[list[list[int]], str, str]:
+    """(calibration sequences, label, sha256): the text at ``path`` (the shipped default for None)
+    in ``ckpt``'s tokens, cut by :func:`chunks`."""
+    from .tokenizer import encode_prompt
+    text, label, sha = read_text(path)
+    ids = encode_prompt(ckpt.tokenizer, text, add_bos=ckpt.add_bos, bos_token_id=ckpt.bos_token_id)
+    return chunks(ids), label, sha
+
+
 def chunks(ids: list[int], max_tokens: int | None = None, chunk: int = CHUNK) -> list[list[int]]:
     ids = ids[:max_tokens or DEFAULT_TOKENS]
     if len(ids) < 16:

@@ -600,15 +600,12 @@ def _calibrated(ckpt: Checkpoint, tensors: dict, calibrate, group_of, asymmetric
     """The layers' linears quantized against calibration text (llmgpu/calibrate.py); the layers
     must be float (pass requantize for a checkpoint that arrives in 4 bits)."""
     from . import calibrate as cal
-    from .tokenizer import encode_prompt
 
     held = [n for n, t in tensors.items() if n.startswith("model.layers.") and isinstance(t, (Q4Tensor, Q8Tensor))]
     if held:
         raise ValueError(f"calibration needs float layer weights, but {held[0]} (and {len(held) - 1} more) "
                          "arrived quantized; pass --requantize (requantize=True) to dequantize them first")
-    text, label, sha = cal.read_text(None if calibrate is True else str(calibrate))
-    ids = encode_prompt(ckpt.tokenizer, text, add_bos=ckpt.add_bos, bos_token_id=ckpt.bos_token_id)
-    seqs = cal.chunks(ids)
+    seqs, label, sha = cal.sequences(ckpt, None if calibrate is True else str(calibrate))
     tensors, layers = cal.calibrate_and_quantize(tensors, ckpt.config, seqs, group_of, asymmetric, errors, progress)
     return tensors, {"text": label, "sha256": sha, "tokens": sum(map(len, seqs)), "sequences": len(seqs),
                      "sequential": cal.SEQUENTIAL, "clip": cal.quant.CLIP, "gptq_damp": cal.GPTQ_DAMP,

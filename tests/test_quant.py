@@ -279,7 +279,6 @@ def test_refit_scales_solves_each_rows_least_squares(rng, gs):
     assert sum(loss(i, r.scales[i]) for i in range(N)) < 0.98 * sum(loss(i, t.scales[i]) for i in range(N))
 
 
-
 @pytest.mark.parametrize("gs,block", [(32, 128), (64, 48)])
 def test_cd_levels_is_exact_coordinate_descent(rng, gs, block):
     """calibrate.cd_levels against a plain reference: columns in order, each row's level at column j

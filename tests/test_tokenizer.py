@@ -201,11 +201,12 @@ def test_the_shipped_calibration_text_is_used_whole(smol):
     so its second part (the formal and technical registers, which lowered the KL from F most;
     BENCHMARKS.md, sixth pass) reaches the calibration. Catches DEFAULT_TOKENS lowered below the
     text's length, or the text grown past it without raising DEFAULT_TOKENS."""
+    from types import SimpleNamespace
+
     from llmgpu import calibrate
     tok, _ = smol
-    text = calibrate.read_text(None)[0]
-    ids = encode_prompt(tok, text, add_bos=False)
-    seqs = calibrate.chunks(ids)
+    ids = encode_prompt(tok, calibrate.read_text(None)[0], add_bos=False)
+    seqs = calibrate.sequences(SimpleNamespace(tokenizer=tok, add_bos=False, bos_token_id=None), None)[0]
     assert len(ids) > 3000, len(ids)
     assert sum(map(len, seqs)) >= len(ids) - 1  # (chunks drops a last piece of one token)
     assert tok.decode(seqs[-1][-40:]).strip() == tok.decode(ids[-40:]).strip()
